@@ -1,0 +1,3 @@
+"""RT-DETR-Seg: RF-DETR detection and two-stage instance segmentation."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""Typed configuration: the one place where model defaults live.
+
+Each RF-DETR size is a row of data in :data:`SIZE_PRESETS` (the native geometry of the published
+upstream 1.2.1 checkpoints), not a subclass. :func:`model_config` turns a size name plus keyword
+overrides into a validated :class:`ModelConfig`; unknown keywords are an error.
+
+Example::
+
+    cfg = model_config("nano")                   # native: 384 px, 2 decoder layers, P4 only
+    cfg = model_config("base", num_classes=3)    # overrides are validated
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+SizeName = Literal["nano", "small", "medium", "base", "large"]
+SIZES: tuple[str, ...] = ("nano", "small", "medium", "base", "large")
+
+# Projector level name -> resampling factor of the stride-`patch_size` ViT maps.
+LEVEL_SCALE = {"P3": 2.0, "P4": 1.0, "P5": 0.5, "P6": 0.25}
+
+
+class EncoderSpec(BaseModel):
+    """Geometry of a DINOv2 ViT encoder (all variants: 12 layers, MLP ratio 4, LayerNorm eps 1e-6)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    width: int
+    num_heads: int
+    depth: int = 12
+    mlp_ratio: int = 4
+    layer_norm_eps: float = 1e-6
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    "dinov2_windowed_small": EncoderSpec(width=384, num_heads=6),
+    "dinov2_windowed_base": EncoderSpec(width=768, num_heads=12),
+}
+
+# File names of the published COCO checkpoints (the URL table lives in rfdetr.weights).
+PRETRAINED_NAMES = {
+    "nano": "rf-detr-nano.pth",
+    "small": "rf-detr-small.pth",
+    "medium": "rf-detr-medium.pth",
+    "base": "rf-detr-base.pth",
+    "large": "rf-detr-large.pth",
+}
+
+
+class ModelConfig(BaseModel):
+    """Architecture of one RF-DETR detector.
+
+    Field names follow the upstream configuration so that checkpoints and documentation read the
+    same. ``num_classes`` is the highest class index; the class head has ``num_classes + 1`` rows
+    (the COCO checkpoints: 90 -> 91 rows).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    size: SizeName
+    encoder: Literal["dinov2_windowed_small", "dinov2_windowed_base"]
+    hidden_dim: int
+    patch_size: int
+    num_windows: int
+    positional_encoding_size: int
+    out_feature_indexes: list[int]
+    projector_scale: list[Literal["P3", "P4", "P5", "P6"]]
+    dec_layers: int
+    sa_nheads: int
+    ca_nheads: int
+    dec_n_points: int
+    resolution: int
+    num_classes: int = 90
+    num_queries: int = 300
+    num_select: int = 300
+    group_detr: int = 13
+    dim_feedforward: int = 2048
+    two_stage: bool = True
+    bbox_reparam: bool = True
+    lite_refpoint_refine: bool = True
+    layer_norm: bool = True
+    aux_loss: bool = True
+    pretrain_weights: str | None = None
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return ENCODERS[self.encoder]
+
+    @property
+    def block_size(self) -> int:
+        """Input sides must be multiples of this (one window of patches)."""
+        return self.patch_size * self.num_windows
+
+    @property
+    def num_feature_levels(self) -> int:
+        return len(self.projector_scale)
+
+    @field_validator("projector_scale")
+    @classmethod
+    def _levels_sorted(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("projector_scale needs at least one level, e.g. ['P4']")
+        if sorted(value) != value or len(set(value)) != len(value):
+            raise ValueError(f"projector_scale must be distinct levels in ascending order, got {value}")
+        if value == ["P6"]:
+            raise ValueError("P6 is pooled from the previous level; it cannot be the only level")
+        return value
+
+    @field_validator("out_feature_indexes")
+    @classmethod
+    def _taps_sorted(cls, value: list[int]) -> list[int]:
+        if not value or sorted(set(value)) != value or value[0] < 1:
+            raise ValueError(f"out_feature_indexes must be ascending ViT stage numbers >= 1, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> "ModelConfig":
+        spec = self.encoder_spec
+        if self.out_feature_indexes[-1] > spec.depth:
+            raise ValueError(f"out_feature_indexes {self.out_feature_indexes} exceed the {spec.depth} ViT layers")
+        if self.resolution % self.block_size:
+            raise ValueError(
+                f"resolution {self.resolution} must be a multiple of patch_size x num_windows = {self.block_size}"
+            )
+        for name, heads in (("sa_nheads", self.sa_nheads), ("ca_nheads", self.ca_nheads)):
+            if self.hidden_dim % heads:
+                raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by {name}={heads}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        return self
+
+
+# Native geometry of the published upstream 1.2.1 checkpoints (facts sheet section 1.2).
+SIZE_PRESETS: dict[str, dict] = {
+    "nano": dict(
+        encoder="dinov2_windowed_small", hidden_dim=256, patch_size=16, num_windows=2,
+        positional_encoding_size=24, out_feature_indexes=[3, 6, 9, 12], projector_scale=["P4"],
+        dec_layers=2, sa_nheads=8, ca_nheads=16, dec_n_points=2, resolution=384,
+    ),
+    "small": dict(
+        encoder="dinov2_windowed_small", hidden_dim=256, patch_size=16, num_windows=2,
+        positional_encoding_size=32, out_feature_indexes=[3, 6, 9, 12], projector_scale=["P4"],
+        dec_layers=3, sa_nheads=8, ca_nheads=16, dec_n_points=2, resolution=512,
+    ),
+    "medium": dict(
+        encoder="dinov2_windowed_small", hidden_dim=256, patch_size=16, num_windows=2,
+        positional_encoding_size=36, out_feature_indexes=[3, 6, 9, 12], projector_scale=["P4"],
+        dec_layers=4, sa_nheads=8, ca_nheads=16, dec_n_points=2, resolution=576,
+    ),
+    "base": dict(
+        encoder="dinov2_windowed_small", hidden_dim=256, patch_size=14, num_windows=4,
+        positional_encoding_size=37, out_feature_indexes=[2, 5, 8, 11], projector_scale=["P4"],
+        dec_layers=3, sa_nheads=8, ca_nheads=16, dec_n_points=2, resolution=560,
+    ),
+    "large": dict(
+        encoder="dinov2_windowed_base", hidden_dim=384, patch_size=14, num_windows=4,
+        positional_encoding_size=37, out_feature_indexes=[2, 5, 8, 11], projector_scale=["P3", "P5"],
+        dec_layers=3, sa_nheads=12, ca_nheads=24, dec_n_points=4, resolution=560,
+    ),
+}
+
+
+def model_config(size: str, **overrides) -> ModelConfig:
+    """The validated :class:`ModelConfig` of ``size`` with ``overrides`` applied.
+
+    Raises ``ValueError`` for an unknown size and pydantic's ``ValidationError`` (a ``ValueError``)
+    for unknown or invalid fields.
+    """
+    if size not in SIZE_PRESETS:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+    fields = {"size": size, "pretrain_weights": PRETRAINED_NAMES[size], **SIZE_PRESETS[size], **overrides}
+    return ModelConfig(**fields)

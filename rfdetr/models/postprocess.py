@@ -1,0 +1,38 @@
+"""Raw detector outputs -> per-image scored boxes in pixels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rfdetr.util.box_ops import box_cxcywh_to_xyxy
+
+
+class PostProcess(nn.Module):
+    """Sigmoid scores, top-``num_select`` over all (query, class) pairs, xyxy boxes in pixels.
+
+    ``forward(outputs, target_sizes)`` with ``target_sizes [B, 2]`` = (height, width) of the
+    original images returns one ``{"scores" [K], "labels" [K] (class-head row), "boxes" [K, 4]}``
+    per image, sorted by score, ``K = min(num_select, Q * R)``.
+    """
+
+    def __init__(self, num_select: int = 300):
+        super().__init__()
+        self.num_select = num_select
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if len(logits) != len(target_sizes):
+            raise ValueError(f"{len(logits)} outputs but {len(target_sizes)} target sizes")
+        batch, _, rows = logits.shape
+        flat_scores = logits.sigmoid().view(batch, -1)
+        k = min(self.num_select, flat_scores.shape[1])
+        scores, flat_index = torch.topk(flat_scores, k, dim=1)
+        query = flat_index // rows
+        labels = flat_index % rows
+        xyxy = torch.gather(box_cxcywh_to_xyxy(boxes), 1, query.unsqueeze(-1).repeat(1, 1, 4))
+        height, width = target_sizes.unbind(1)
+        scale = torch.stack([width, height, width, height], dim=1)
+        xyxy = xyxy * scale[:, None, :]
+        return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
