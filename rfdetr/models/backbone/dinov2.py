@@ -42,8 +42,9 @@ class Embeddings(nn.Module):
         self.num_windows = num_windows
         self.position_grid = position_grid
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        # Present in the checkpoints (masked-image pre-training) but never used for detection.
-        self.mask_token = nn.Parameter(torch.zeros(1, width))
+        # Present in the checkpoints (masked-image pre-training) but never used for detection,
+        # hence frozen: it would never receive a gradient.
+        self.mask_token = nn.Parameter(torch.zeros(1, width), requires_grad=False)
         self.patch_embeddings = PatchEmbeddings(width, patch_size)
         self.position_embeddings = nn.Parameter(torch.zeros(1, position_grid * position_grid + 1, width))
 
@@ -182,6 +183,10 @@ class WindowedViT(nn.Module):
         self.encoder = LayerStack(spec, num_windows)
         self.layernorm = nn.LayerNorm(spec.width, eps=spec.layer_norm_eps)
         self.out_feature_indexes = list(out_feature_indexes)
+        # Layers after the last tap (base/large: layer 11) stay in the checkpoint format but never
+        # run, so they are frozen: they would never receive a gradient.
+        for layer in self.encoder.layer[out_feature_indexes[-1]:]:
+            layer.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Normalised hidden states ``[B * nw**2, 1 + tokens_per_window, width]``, one per tapped stage."""

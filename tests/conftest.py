@@ -1,0 +1,76 @@
+"""Shared fixtures: the golden reference data (../shared/reference) and filled models."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from rfdetr.config import model_config
+from rfdetr.models import build_detector
+from rfdetr.util.weight_fill import fill_model_
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("RFDETR_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+
+# The goldens were produced with 2 threads; use the same so float sums are ordered alike.
+torch.set_num_threads(2)
+
+
+def reference_path(name: str) -> Path:
+    path = REFERENCE_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"reference file {path} is missing: the tests need ../shared/reference beside the repository "
+            "(or RFDETR_REFERENCE_DIR pointing at it)"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def golden(size: str) -> dict:
+    return torch.load(reference_path(f"golden_{size}.pt"), map_location="cpu", weights_only=True)
+
+
+@functools.lru_cache(maxsize=None)
+def reference_configs() -> dict:
+    return json.loads(reference_path("configs.json").read_text())["sizes"]
+
+
+def reference_keys(name: str) -> dict[str, tuple[list[int], str]]:
+    """``keys_<name>.txt`` as {key: (shape, dtype name)}."""
+    keys = {}
+    for line in reference_path(f"keys_{name}.txt").read_text().splitlines():
+        key, shape, dtype = line.split("\t")
+        keys[key] = (json.loads(shape), dtype)
+    return keys
+
+
+@functools.lru_cache(maxsize=None)
+def reference_fill_module():
+    """The reference implementation of the weight-fill rule (fill_weights.py)."""
+    spec = importlib.util.spec_from_file_location("reference_fill_weights", reference_path("fill_weights.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.lru_cache(maxsize=2)
+def _filled_detector(size: str):
+    model = build_detector(model_config(size))
+    return fill_model_(model, seed=0).eval()
+
+
+@pytest.fixture
+def filled_detector():
+    """``filled_detector(size)``: the size's detector with seed-0 filled weights, in eval mode (cached)."""
+
+    def make(size: str):
+        return _filled_detector(size).eval()
+
+    return make

@@ -1,0 +1,43 @@
+"""Per-size configs hold the upstream 1.2.1 native geometry; bad values are refused."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+
+from conftest import reference_configs
+from rfdetr.config import SIZES, model_config
+
+GEOMETRY_FIELDS = [
+    "encoder", "hidden_dim", "patch_size", "num_windows", "dec_layers", "sa_nheads", "ca_nheads", "dec_n_points",
+    "num_queries", "num_select", "group_detr", "projector_scale", "out_feature_indexes", "positional_encoding_size",
+    "resolution", "two_stage", "bbox_reparam", "lite_refpoint_refine", "layer_norm", "num_classes",
+    "dim_feedforward", "aux_loss",
+]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_presets_match_upstream_summary(size):
+    config = model_config(size)
+    summary = reference_configs()[size]["summary"]
+    assert {f: getattr(config, f) for f in GEOMETRY_FIELDS} == {f: summary[f] for f in GEOMETRY_FIELDS}
+    assert config.num_feature_levels == summary["num_feature_levels"]
+    assert config.pretrain_weights == f"rf-detr-{size}.pth"
+
+
+def test_overrides_are_validated():
+    assert model_config("nano", num_classes=3).num_classes == 3
+    with pytest.raises(pydantic.ValidationError, match="model_size"):
+        model_config("nano", model_size="nano")  # unknown keywords are an error, not dropped
+    with pytest.raises(pydantic.ValidationError, match="multiple of"):
+        model_config("base", resolution=500)
+    with pytest.raises(pydantic.ValidationError, match="ascending"):
+        model_config("nano", projector_scale=["P5", "P3"])
+    with pytest.raises(ValueError, match="unknown model size"):
+        model_config("huge")
+
+
+def test_assignment_is_validated_too():
+    config = model_config("small")
+    with pytest.raises(pydantic.ValidationError):
+        config.resolution = 100
