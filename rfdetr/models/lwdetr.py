@@ -95,5 +95,7 @@ def build_detector(config: ModelConfig) -> LWDETR:
         dec_n_points=config.dec_n_points,
         group_detr=config.group_detr,
     )
-    return LWDETR(backbone, transformer, num_classes=config.num_classes + 1, num_queries=config.num_queries,
-                  group_detr=config.group_detr, aux_loss=config.aux_loss)
+    model = LWDETR(backbone, transformer, num_classes=config.num_classes + 1, num_queries=config.num_queries,
+                   group_detr=config.group_detr, aux_loss=config.aux_loss)
+    model.config = config  # what it was built from (checkpoint messages, wrappers)
+    return model
