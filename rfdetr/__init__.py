@@ -1,3 +1,18 @@
-"""RT-DETR-Seg: RF-DETR detection and two-stage instance segmentation."""
+"""RT-DETR-Seg: RF-DETR detection and two-stage instance segmentation.
+
+The model wrappers are imported lazily so that ``import rfdetr`` (and the scripts' ``--help``)
+stay fast and free of side effects.
+"""
 
 __version__ = "0.1.0"
+
+_WRAPPERS = ("RFDETR", "RFDETRNano", "RFDETRSmall", "RFDETRMedium", "RFDETRBase", "RFDETRLarge")
+__all__ = list(_WRAPPERS)
+
+
+def __getattr__(name: str):
+    if name in _WRAPPERS:
+        from rfdetr import detr
+
+        return getattr(detr, name)
+    raise AttributeError(f"module 'rfdetr' has no attribute {name!r}")

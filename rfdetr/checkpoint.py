@@ -130,8 +130,8 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
                     strict: bool = True, source: str = "checkpoint", size: str | None = None) -> LoadReport:
     """Load ``state`` into ``model``.
 
-    - class-head keys whose shapes differ from the model's are not loaded (the model's heads are
-      fresh modules of the right size); every other shape difference is an error naming both sizes;
+    - class-head keys that differ in shape from the model's, or are absent, are not loaded (the
+      model's heads are fresh modules of the right size); any other shape difference is an error;
     - keys matching an ``exclude`` fnmatch pattern are skipped and stay as initialised;
     - with ``strict``, any other missing or unexpected key is an error.
     Query tables longer than the model's (more groups) are cut to its rows.
@@ -160,8 +160,11 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
                 "build the model of the checkpoint's size (e.g. RFDETRBase for rf-detr-base.pth)."
             )
         to_load[key] = tensor
-    report.missing = [k for k in own if k not in to_load and k not in report.rebuilt_heads
-                      and k not in report.excluded and not _is_excluded(k, exclude)]
+    for key in own:
+        if key in to_load or key in report.rebuilt_heads or _is_excluded(key, exclude):
+            continue
+        # A checkpoint without class heads (strip_class_heads.py) gets fresh ones.
+        (report.rebuilt_heads if is_class_head_key(key) else report.missing).append(key)
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(
             f"{source} does not match the model: {len(report.missing)} missing keys "

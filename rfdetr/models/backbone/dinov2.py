@@ -47,11 +47,21 @@ class Embeddings(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, width), requires_grad=False)
         self.patch_embeddings = PatchEmbeddings(width, patch_size)
         self.position_embeddings = nn.Parameter(torch.zeros(1, position_grid * position_grid + 1, width))
+        # (grid, table) precomputed by bake_position_table() for export.
+        self.baked: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def bake_position_table(self, grid_h: int, grid_w: int) -> None:
+        """Precompute the resized table for one grid (ONNX has no antialiased bicubic resize)."""
+        self.baked = None
+        with torch.no_grad():
+            self.baked = ((grid_h, grid_w), self.position_table(grid_h, grid_w).detach().clone())
 
     def position_table(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """``[1, 1 + grid_h * grid_w, width]``: the table, bicubically resized (antialiased, fp32) if needed."""
         if grid_h == grid_w == self.position_grid:
             return self.position_embeddings
+        if self.baked is not None and self.baked[0] == (grid_h, grid_w):
+            return self.baked[1]
         cls_position = self.position_embeddings[:, :1]
         grid = self.position_embeddings[:, 1:]
         width = grid.shape[-1]

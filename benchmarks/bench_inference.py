@@ -1,0 +1,176 @@
+"""CPU inference benchmark of the RF-DETR detector, one model size per fresh process.
+
+Run from the repository root (on a quiet machine; all five sizes take several minutes)::
+
+    .venv/bin/python benchmarks/bench_inference.py --threads 2 --warmup 3 --runs 10 --json bench.json
+
+For each size at its native resolution: eval mode, batch 1, fp32, ``torch.set_num_threads(N)``.
+Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
+multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
+process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
+Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import psutil
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from rfdetr.config import SIZES, model_config
+from rfdetr.models import build_detector
+from rfdetr.util.weight_fill import fill_model_
+
+# The worker prints its result on one line with this prefix, so stray prints from the model
+# code or libraries on stdout cannot be mistaken for the result.
+RESULT_PREFIX = "BENCH_RESULT "
+PROBE_N = 2048  # matmul probe side: large enough to reach the BLAS steady-state rate
+
+
+def make_input(resolution: int, kind: str) -> torch.Tensor:
+    """A ``[1, 3, R, R]`` model input: a real photo (realistic activations) or Gaussian noise."""
+    if kind == "photo":
+        from skimage.data import astronaut  # imported here: only this input kind needs it
+
+        from rfdetr.preprocess import preprocess  # ImageNet normalise + antialiased bilinear resize
+
+        return preprocess(astronaut(), resolution)[None]
+    return torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+
+
+def timed_ms(fn, warmup: int, runs: int) -> list[float]:
+    """Wall-clock milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):  # first calls pay for allocator growth and kernel selection
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def matmul_probe_gflops(warmup: int, runs: int) -> float:
+    """fp32 ``a @ b`` rate of this process (GFLOP/s): the practical ceiling for dense compute."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(PROBE_N, PROBE_N, generator=gen)
+    b = torch.randn(PROBE_N, PROBE_N, generator=gen)
+    out = torch.empty(PROBE_N, PROBE_N)  # preallocated so allocation is not timed
+    ms = statistics.median(timed_ms(lambda: torch.matmul(a, b, out=out), warmup, runs))
+    return 2 * PROBE_N**3 / 1e9 / (ms / 1e3)
+
+
+def worker(size: str, args: argparse.Namespace) -> dict:
+    """Measure one size in this process; returns a JSON-serialisable dict."""
+    torch.set_num_threads(args.threads)
+    config = model_config(size)
+    x = make_input(config.resolution, args.input)
+    proc = psutil.Process()
+    rss_before = proc.memory_info().rss  # after imports and input, so the delta is the model's share
+
+    # requires_grad_(False) as in deployment; it also keeps FlopCounterMode's module tracker from
+    # hooking autograd on slices of parameters (e.g. refpoint_embed.weight[:queries]), which
+    # fails when they were taken under inference/no-grad mode.
+    model = fill_model_(build_detector(config), seed=0).eval().requires_grad_(False)
+    params = sum(p.numel() for p in model.parameters())
+    with torch.inference_mode():
+        times = timed_ms(lambda: model(x), args.warmup, args.runs)
+    rss_after = proc.memory_info().rss
+    # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
+    # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    gflop = counter.get_total_flops() / 1e9
+    del model  # free its memory before the probe; the probe runs with the same thread count
+    probe = matmul_probe_gflops(warmup=2, runs=max(5, args.runs // 2))
+
+    median_ms = statistics.median(times)
+    achieved = gflop / (median_ms / 1e3)
+    return {
+        "size": size, "resolution": config.resolution, "threads": torch.get_num_threads(),
+        "input": args.input, "warmup": args.warmup, "runs": args.runs,
+        "params_m": params / 1e6, "gflop": gflop, "times_ms": times,
+        "median_ms": median_ms, "min_ms": min(times), "max_ms": max(times),
+        "achieved_gflops": achieved, "probe_gflops": probe, "efficiency": achieved / probe,
+        # peak includes the interpreter, torch and the transient state-dict copy of fill_model_;
+        # rss_before / rss_delta separate the baseline from what the model keeps resident.
+        "peak_rss_mb": peak_rss_mb, "rss_before_mb": rss_before / 1e6,
+        "rss_delta_mb": (rss_after - rss_before) / 1e6,
+        "torch": torch.__version__,
+    }
+
+
+def run_in_subprocess(size: str, args: argparse.Namespace) -> dict:
+    """Run one size in a fresh interpreter so that its peak RSS is its own, not a predecessor's."""
+    cmd = [sys.executable, __file__, "--_worker", size, "--threads", str(args.threads),
+           "--warmup", str(args.warmup), "--runs", str(args.runs), "--input", args.input]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"worker for {size!r} failed (exit {done.returncode}):\n{done.stderr}")
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if not lines:
+        sys.exit(f"worker for {size!r} printed no result:\n{done.stdout}\n{done.stderr}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def markdown_table(results: list[dict]) -> str:
+    header = ["size", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
+              "achieved GFLOP/s", "matmul probe GFLOP/s", "efficiency", "peak RSS (MB)"]
+    rows = [[r["size"], str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
+             f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
+             f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
+             f"{r['peak_rss_mb']:.0f}"] for r in results]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", choices=SIZES, default=list(SIZES),
+                        help="model sizes to benchmark, each at its native resolution (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads value (default: 2)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed forward passes first (default: 3)")
+    parser.add_argument("--runs", type=int, default=10, help="timed forward passes (default: 10)")
+    parser.add_argument("--input", choices=("photo", "random"), default="photo",
+                        help="model input: the preprocessed skimage astronaut photo, or torch.randn "
+                             "(default: photo)")
+    parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
+    # Internal: run a single size in this process and print its result as one JSON line.
+    parser.add_argument("--_worker", metavar="SIZE", choices=SIZES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error("--runs and --threads must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args._worker:
+        print(RESULT_PREFIX + json.dumps(worker(args._worker, args)), flush=True)
+        return
+    results = []
+    for size in args.sizes:
+        print(f"benchmarking {size} ...", file=sys.stderr, flush=True)
+        results.append(run_in_subprocess(size, args))
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1, fp32, eval, "
+          f"input={args.input}, {args.warmup} warm-up + {args.runs} timed runs\n")
+    print(markdown_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""User-facing model wrappers: ``RFDETRNano(...).predict(image)``.
+
+A wrapper holds the detector (``.model``), its :class:`~rfdetr.config.ModelConfig` (``.config``),
+its :class:`~rfdetr.classes.ClassTable` (``.classes``) and its device. Sizes are data: the
+``RFDETR<Size>`` classes only name a row of :data:`rfdetr.config.SIZE_PRESETS`.
+
+Which classes a model has is decided once, here:
+``class_names`` given -> those names (heads rebuilt unless the checkpoint has the same classes);
+``num_classes`` given -> that many classes (the checkpoint's names if its head has that size);
+otherwise -> the checkpoint's classes (the COCO table for the published checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
+                               load_state_dict, read_checkpoint)
+from rfdetr.classes import ClassTable
+from rfdetr.config import PRETRAINED_NAMES, ModelConfig, model_config
+from rfdetr.inference import prepare_batch, to_detections
+from rfdetr.models import PostProcess, build_detector
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT = object()  # "the size's COCO checkpoint"
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class RFDETR:
+    """An RF-DETR detector of a given ``size`` with its classes, ready to predict.
+
+    pretrain_weights: a table name (``"rf-detr-nano.pth"``, downloaded if needed), a file path, or
+    ``None`` for random weights; default: the size's COCO checkpoint. Other keyword arguments are
+    :class:`~rfdetr.config.ModelConfig` fields (unknown ones raise).
+    """
+
+    size: ClassVar[str | None] = None
+
+    def __init__(self, size: str | None = None, *, pretrain_weights: Any = _DEFAULT, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 pretrain_exclude_keys: Sequence[str] = (), **config_overrides: Any):
+        size = size or self.size
+        if size is None:
+            raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
+        if "num_classes" in config_overrides or "pretrain_weights" in config_overrides:
+            raise ValueError("pass num_classes / pretrain_weights as their own arguments")
+        if pretrain_weights is _DEFAULT:
+            pretrain_weights = PRETRAINED_NAMES[size]
+        checkpoint = _read_weights(pretrain_weights) if pretrain_weights is not None else None
+        if checkpoint is not None:
+            found = checkpoint_size(checkpoint)
+            if found is not None and found != size:
+                raise CheckpointError(f"{pretrain_weights} is a {found} checkpoint but this is a {size} model; "
+                                      f"use RFDETR{found.capitalize()} (or pass the {size} checkpoint)")
+        stored = checkpoint_class_table(checkpoint) if checkpoint is not None else None
+        self.classes, keep_heads = _choose_classes(stored, num_classes, class_names)
+        self.config: ModelConfig = model_config(size, num_classes=self.classes.num_rows - 1,
+                                                pretrain_weights=None if pretrain_weights is None
+                                                else os.fspath(pretrain_weights), **config_overrides)
+        self.model = build_detector(self.config)
+        if checkpoint is not None:
+            exclude = list(pretrain_exclude_keys) + ([] if keep_heads else list(CLASS_HEAD_PATTERNS))
+            load_state_dict(self.model, checkpoint["model"], exclude=exclude, source=str(pretrain_weights),
+                            size=checkpoint_size(checkpoint))
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model.to(self.device).eval()
+        self.postprocess = PostProcess(self.config.num_select)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """``{class_id: name}`` for the ``class_id`` values that :meth:`predict` returns."""
+        return {entry.label: entry.name for entry in self.classes.entries}
+
+    @torch.inference_mode()
+    def predict(self, images: Any, threshold: float = 0.5):
+        """Detect objects; returns ``supervision.Detections`` (a list of them for a list input).
+
+        ``images``: a path, PIL image, H x W x 3 array, [3, H, W] tensor in [0, 1], or a list of
+        them (one batched forward). ``xyxy`` is in original pixels, ``class_id`` indexes
+        :attr:`class_names`, ``data["class_name"]`` holds the names.
+        """
+        batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
+        self.model.eval()
+        results = self.postprocess(self.model(batch), sizes, class_rows=self.classes.class_rows)
+        detections = to_detections(results, threshold, self.class_names)
+        return detections if is_list else detections[0]
+
+    def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
+               verify: bool = True):
+        """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``).
+
+        With ``verify`` the exported model is run with ONNX Runtime on a real photo and compared with
+        PyTorch (max |logit difference| <= 1e-4). Returns the path.
+        """
+        from rfdetr.export import export_onnx
+
+        return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
+                           verify=verify)
+
+
+def _read_weights(pretrain_weights: str | os.PathLike) -> dict:
+    from rfdetr.weights import resolve_weights
+
+    return read_checkpoint(resolve_weights(pretrain_weights))
+
+
+def _choose_classes(stored: ClassTable | None, num_classes: int | None,
+                    class_names: Sequence[str] | None) -> tuple[ClassTable, bool]:
+    """The model's class table and whether the checkpoint's class heads can be kept."""
+    if class_names is not None:
+        table = ClassTable.from_names(class_names)
+        if num_classes is not None and num_classes != len(table.entries):
+            raise ValueError(f"num_classes={num_classes} but {len(table.entries)} class_names were given")
+        if stored is not None and stored.names == table.names:
+            return stored, True
+        generic = stored is not None and all(n == f"class_{i}" for i, n in enumerate(stored.names))
+        return table, generic and stored.num_rows == table.num_rows
+    if num_classes is not None:
+        if stored is not None and stored.num_rows == num_classes + 1:
+            return stored, True
+        return ClassTable.from_names([f"class_{i}" for i in range(num_classes)]), False
+    if stored is not None:
+        return stored, True
+    return ClassTable.coco(), True
+
+
+class RFDETRNano(RFDETR):
+    size = "nano"
+
+
+class RFDETRSmall(RFDETR):
+    size = "small"
+
+
+class RFDETRMedium(RFDETR):
+    size = "medium"
+
+
+class RFDETRBase(RFDETR):
+    size = "base"
+
+
+class RFDETRLarge(RFDETR):
+    size = "large"

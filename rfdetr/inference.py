@@ -1,0 +1,37 @@
+"""Pieces of ``predict()`` shared by the PyTorch wrappers and the ONNX Runtime predictor."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from rfdetr.inputs import as_image_list, load_image
+from rfdetr.preprocess import normalize, resize
+
+
+def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cpu"):
+    """User images -> (normalised ``[B, 3, R, R]`` batch, ``[B, 2]`` original (h, w), whether a list was given)."""
+    items, is_list = as_image_list(images)
+    tensors = [load_image(item, index) for index, item in enumerate(items)]
+    sizes = torch.tensor([tuple(t.shape[-2:]) for t in tensors], device=device)
+    batch = torch.stack([resize(normalize(t.to(device)), resolution, resolution) for t in tensors])
+    return batch, sizes, is_list
+
+
+def to_detections(results: list[dict[str, torch.Tensor]], threshold: float, class_names: Mapping[int, str]):
+    """PostProcess results -> ``supervision.Detections`` per image, keeping scores above ``threshold``."""
+    import supervision as sv
+
+    detections = []
+    for result in results:
+        keep = result["scores"] > threshold
+        labels = result["labels"][keep].cpu().numpy().astype(int)
+        detections.append(sv.Detections(
+            xyxy=result["boxes"][keep].float().cpu().numpy().astype(np.float32),
+            confidence=result["scores"][keep].float().cpu().numpy(),
+            class_id=labels,
+            data={"class_name": np.array([class_names[int(label)] for label in labels], dtype=str)},
+        ))
+    return detections

@@ -1,0 +1,49 @@
+"""ONNX export: named inputs/outputs, ONNX Runtime agrees with PyTorch, and predicts the same detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import skimage.data
+
+from rfdetr import RFDETRNano
+from rfdetr.export import ONNXDetector
+from rfdetr.util.weight_fill import fill_model_
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = RFDETRNano(pretrain_weights=None, device="cpu")
+    fill_model_(model.model, seed=0)
+    path = model.export(tmp_path_factory.mktemp("onnx"))  # verifies ORT vs PyTorch (<= 1e-4 on logits)
+    return model, path
+
+
+def test_exported_graph_has_named_inputs_and_outputs(exported):
+    _, path = exported
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["images"]
+    assert [o.name for o in graph.output] == ["boxes", "logits"]
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 384, 384]
+
+
+def test_onnx_runtime_predict_matches_pytorch_predict(exported):
+    model, path = exported
+    runtime = ONNXDetector(path)
+    assert runtime.class_names == model.class_names and runtime.resolution == 384
+    photos = [skimage.data.astronaut(), skimage.data.coffee()]
+    ours = model.predict(photos, threshold=0.3)
+    theirs = runtime.predict(photos, threshold=0.3)
+    for a, b in zip(ours, theirs):
+        count = min(len(a), len(b))
+        assert abs(len(a) - len(b)) <= 2  # scores right at the threshold may fall either side
+        np.testing.assert_allclose(a.confidence[:count], b.confidence[:count], atol=1e-4)
+        np.testing.assert_allclose(a.xyxy[:10], b.xyxy[:10], atol=0.05)
+        assert (a.class_id[:10] == b.class_id[:10]).all()
+
+
+def test_missing_or_foreign_onnx_files_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.export"):
+        ONNXDetector(tmp_path / "nope.onnx")

@@ -1,0 +1,131 @@
+"""Pretrained-weight lookup and download, against a throw-away HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from rfdetr.weights import PRETRAINED_URLS, WeightsDownloadError, cache_dir, download_file, resolve_weights
+
+
+def _checkpoint_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": {"w": torch.arange(4.0)}}, buffer)
+    return buffer.getvalue()
+
+
+CHECKPOINT = _checkpoint_bytes()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.requests.append(self.path)
+        if self.path == "/good.pth":
+            self._reply(CHECKPOINT)
+        elif self.path == "/truncated.pth":
+            self._reply(CHECKPOINT[:100], length=len(CHECKPOINT))
+        elif self.path == "/html.pth":
+            self._reply(b"<html>quota exceeded</html>")
+        else:
+            self.send_error(404)
+
+    def _reply(self, body: bytes, length: int | None = None):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    _Handler.requests = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("RFDETR_CACHE", str(folder))
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+def test_table_covers_every_size():
+    for size in ("nano", "small", "medium", "base", "large"):
+        assert PRETRAINED_URLS[f"rf-detr-{size}.pth"].startswith("https://storage.googleapis.com/rfdetr/")
+
+
+def test_download_then_reuse_cache(server, cache):
+    urls = {"model.pth": f"{server}/good.pth"}
+    path = resolve_weights("model.pth", urls=urls)
+    assert path == cache / "model.pth" and cache_dir() == cache
+    assert path.read_bytes() == CHECKPOINT
+    assert resolve_weights("model.pth", urls=urls) == path
+    assert _Handler.requests == ["/good.pth"]  # the second call did not download again
+    assert list(cache.iterdir()) == [path]
+
+
+def test_lookup_order(server, cache, tmp_path):
+    urls = {"model.pth": f"{server}/good.pth"}
+    explicit = tmp_path / "mine.pth"
+    explicit.write_bytes(CHECKPOINT)
+    assert resolve_weights(explicit, urls=urls) == explicit
+    (tmp_path / "model.pth").write_bytes(CHECKPOINT)  # the current folder
+    assert resolve_weights("model.pth", urls=urls).resolve() == (tmp_path / "model.pth").resolve()
+    cache.mkdir()
+    (cache / "model.pth").write_bytes(CHECKPOINT)  # the cache comes before the current folder
+    assert resolve_weights("model.pth", urls=urls) == cache / "model.pth"
+    assert _Handler.requests == []
+
+
+@pytest.mark.parametrize("path, reason", [("/missing.pth", "404"), ("/truncated.pth", "100"),
+                                          ("/html.pth", "cannot read checkpoint")])
+def test_failed_download_leaves_nothing(server, cache, path, reason):
+    url = f"{server}{path}"
+    with pytest.raises(WeightsDownloadError) as caught:
+        resolve_weights("model.pth", urls={"model.pth": url})
+    message = str(caught.value)
+    assert url in message and reason in message and str(cache / "model.pth") in message
+    assert list(cache.iterdir()) == []
+
+
+def test_server_gone(cache):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/good.pth"
+    with pytest.raises(WeightsDownloadError, match="save it as"):
+        download_file(url, cache / "model.pth", timeout=5)
+    assert list(cache.iterdir()) == []
+
+
+def test_interrupt_removes_partial_file(server, cache, monkeypatch):
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rfdetr.weights.read_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download_file(f"{server}/good.pth", cache / "model.pth")
+    assert list(cache.iterdir()) == []
+
+
+def test_unknown_name_and_offline(cache):
+    with pytest.raises(FileNotFoundError, match="rf-detr-nano.pth"):
+        resolve_weights("rf-detr-tiny.pth")
+    with pytest.raises(FileNotFoundError, match="nano_coco/checkpoint_best_regular.pth"):
+        resolve_weights("rf-detr-nano.pth", download=False)
