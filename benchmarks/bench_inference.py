@@ -9,6 +9,12 @@ Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMod
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
 Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
+
+Then, for one size (``--predict_size``, default nano), the end-to-end ``predict()`` path on a 1080p
+JPEG (the astronaut photo resized to 1920 x 1080): file decode, preprocessing, the model,
+post-processing and ``predict(path)`` as a whole, for PyTorch and for ONNX Runtime (the exported
+model through :class:`rfdetr.export.ONNXDetector`), with the overhead of everything that is not the
+model in percent of the model's own time.
 """
 
 from __future__ import annotations
@@ -110,9 +116,83 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     }
 
 
-def run_in_subprocess(size: str, args: argparse.Namespace) -> dict:
+def write_1080p_photo(folder: str) -> str:
+    from PIL import Image
+    from skimage.data import astronaut
+
+    path = f"{folder}/astronaut_1080p.jpg"
+    Image.fromarray(astronaut()).resize((1920, 1080), Image.LANCZOS).save(path, quality=90)
+    return path
+
+
+def predict_worker(size: str, args: argparse.Namespace) -> dict:
+    """Stage timings of ``predict()`` on a 1080p JPEG, PyTorch and ONNX Runtime, in this process."""
+    import tempfile
+
+    import numpy as np
+
+    from rfdetr.detr import RFDETR
+    from rfdetr.export import ONNXDetector
+    from rfdetr.inference import to_detections
+    from rfdetr.inputs import load_pixels
+    from rfdetr.preprocess import resize_normalize
+
+    torch.set_num_threads(args.threads)
+    wrapper = RFDETR(size, pretrain_weights=None, device="cpu")
+    fill_model_(wrapper.model, seed=0)
+    side = wrapper.config.resolution
+    median = lambda fn: statistics.median(timed_ms(fn, args.warmup, args.runs))  # noqa: E731
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_1080p_photo(folder)
+        pixels = load_pixels(path)
+        batch = resize_normalize(pixels, side, side)[None]
+        sizes = torch.tensor([tuple(pixels.shape[-2:])])
+        with torch.inference_mode():
+            outputs = wrapper.model(batch)
+            times = {
+                "decode_ms": median(lambda: load_pixels(path)),
+                "preprocess_ms": median(lambda: resize_normalize(pixels, side, side)),
+                "model_ms": median(lambda: wrapper.model(batch)),
+                "postprocess_ms": median(lambda: to_detections(
+                    wrapper.postprocess(outputs, sizes, class_rows=wrapper.classes.class_rows), 0.5,
+                    wrapper.class_names)),
+            }
+        times["predict_ms"] = median(lambda: wrapper.predict(path))
+        onnx = ONNXDetector(wrapper.export(folder, verify=False))
+        feed = {"images": batch.numpy()}
+        times["onnx_model_ms"] = median(lambda: onnx.session.run(None, feed))
+        times["onnx_predict_ms"] = median(lambda: onnx.predict(path))
+        ours, theirs = wrapper.predict(path, threshold=0.0), onnx.predict(path, threshold=0.0)
+    count = min(len(ours), len(theirs), 100)
+    return {
+        "size": size, "resolution": side, "threads": torch.get_num_threads(), "photo": "1920x1080 JPEG", **times,
+        "overhead_pct": 100 * (times["predict_ms"] / times["model_ms"] - 1),
+        "onnx_overhead_pct": 100 * (times["onnx_predict_ms"] / times["onnx_model_ms"] - 1),
+        "onnx_vs_torch_predict": times["onnx_predict_ms"] / times["predict_ms"],
+        "onnx_max_score_diff_top100": float(np.abs(ours.confidence[:count] - theirs.confidence[:count]).max()),
+        "onnx_same_classes_top100": bool((ours.class_id[:count] == theirs.class_id[:count]).all()),
+    }
+
+
+def predict_table(r: dict) -> str:
+    rows = [("file decode (OpenCV, 1920x1080 JPEG)", r["decode_ms"]),
+            (f"preprocess (resize to {r['resolution']}, normalise)", r["preprocess_ms"]),
+            ("model forward, PyTorch", r["model_ms"]),
+            ("post-process + Detections", r["postprocess_ms"]),
+            ("**predict(path), PyTorch**", r["predict_ms"]),
+            ("model forward, ONNX Runtime", r["onnx_model_ms"]),
+            ("**predict(path), ONNX Runtime**", r["onnx_predict_ms"])]
+    lines = ["| stage | median ms |", "|---|---|"] + [f"| {name} | {ms:.1f} |" for name, ms in rows]
+    lines.append(f"\nPyTorch predict() overhead over the model: {r['overhead_pct']:.1f}%; ONNX Runtime: "
+                 f"{r['onnx_overhead_pct']:.1f}%; ONNX Runtime predict / PyTorch predict = "
+                 f"{r['onnx_vs_torch_predict']:.2f}; top-100 scores differ by <= "
+                 f"{r['onnx_max_score_diff_top100']:.1e}, same classes: {r['onnx_same_classes_top100']}")
+    return "\n".join(lines)
+
+
+def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worker") -> dict:
     """Run one size in a fresh interpreter so that its peak RSS is its own, not a predecessor's."""
-    cmd = [sys.executable, __file__, "--_worker", size, "--threads", str(args.threads),
+    cmd = [sys.executable, __file__, mode, size, "--threads", str(args.threads),
            "--warmup", str(args.warmup), "--runs", str(args.runs), "--input", args.input]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -145,9 +225,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input", choices=("photo", "random"), default="photo",
                         help="model input: the preprocessed skimage astronaut photo, or torch.randn "
                              "(default: photo)")
+    parser.add_argument("--predict_size", choices=SIZES, default="nano",
+                        help="size for the end-to-end predict() timing (default: nano)")
+    parser.add_argument("--skip_predict", action="store_true", help="skip the end-to-end predict() timing")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
     # Internal: run a single size in this process and print its result as one JSON line.
     parser.add_argument("--_worker", metavar="SIZE", choices=SIZES, help=argparse.SUPPRESS)
+    parser.add_argument("--_predict_worker", metavar="SIZE", choices=SIZES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.threads < 1:
         parser.error("--runs and --threads must be >= 1 and --warmup >= 0")
@@ -159,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     if args._worker:
         print(RESULT_PREFIX + json.dumps(worker(args._worker, args)), flush=True)
         return
+    if args._predict_worker:
+        print(RESULT_PREFIX + json.dumps(predict_worker(args._predict_worker, args)), flush=True)
+        return
     results = []
     for size in args.sizes:
         print(f"benchmarking {size} ...", file=sys.stderr, flush=True)
@@ -166,9 +253,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1, fp32, eval, "
           f"input={args.input}, {args.warmup} warm-up + {args.runs} timed runs\n")
     print(markdown_table(results))
+    report = {"model": results}
+    if not args.skip_predict:
+        print(f"benchmarking predict() for {args.predict_size} ...", file=sys.stderr, flush=True)
+        report["predict"] = run_in_subprocess(args.predict_size, args, mode="--_predict_worker")
+        print(f"\nEnd-to-end predict() on a 1080p JPEG, {args.predict_size}:\n")
+        print(predict_table(report["predict"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(report, f, indent=2)
         print(f"\nwrote {args.json}")
 
 

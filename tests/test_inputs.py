@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rfdetr.inputs import as_image_list, load_image
+from rfdetr.inputs import as_image_list, load_image, load_pixels
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
 EXPECTED = torch.from_numpy(RGB).permute(2, 0, 1).float() / 255
@@ -66,3 +66,22 @@ def test_unreadable_file_and_empty_list(tmp_path):
     with pytest.raises(ValueError, match="empty list"):
         as_image_list([])
     assert as_image_list(RGB)[1] is False and as_image_list([RGB, RGB])[1] is True
+
+
+def test_jpeg_fast_decoder_gives_the_pixels_pil_gives(tmp_path):
+    path = tmp_path / "photo.jpg"
+    photo = np.random.default_rng(1).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(path, quality=90)
+    with Image.open(path) as opened:
+        expected = torch.from_numpy(np.array(opened.convert("RGB"))).permute(2, 0, 1)
+    pixels = load_pixels(path)
+    assert pixels.dtype == torch.uint8 and pixels.shape == expected.shape
+    # Both use libjpeg(-turbo); their IDCTs may differ by a level on some builds.
+    assert (pixels.int() - expected.int()).abs().max() <= 1
+
+
+def test_nan_pixels_are_refused():
+    image = np.full((4, 4, 3), 0.5, np.float32)
+    image[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        load_image(image)

@@ -1,6 +1,8 @@
-"""Model code: backbone, transformer, detector, post-processing."""
+"""Model code: backbone, transformer, detector, matcher, criterion, post-processing."""
 
+from rfdetr.models.criterion import SetCriterion, build_criterion
 from rfdetr.models.lwdetr import LWDETR, build_detector
+from rfdetr.models.matcher import HungarianMatcher
 from rfdetr.models.postprocess import PostProcess
 
-__all__ = ["LWDETR", "PostProcess", "build_detector"]
+__all__ = ["LWDETR", "HungarianMatcher", "PostProcess", "SetCriterion", "build_criterion", "build_detector"]

@@ -1,0 +1,320 @@
+"""validate_setup.py and rfdetr.validation on tiny generated COCO folders (a clean one, then one defect each)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import validate_setup
+from rfdetr import validation
+from rfdetr.validation import Level, check_dataset, check_environment
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT = 40, 30
+# Roboflow convention: id 0 is the project entry (supercategory "none"), the classes point to it.
+CATEGORIES = [{"id": 0, "name": "pets", "supercategory": "none"},
+              {"id": 1, "name": "cat", "supercategory": "pets"},
+              {"id": 2, "name": "dog", "supercategory": "pets"}]
+
+
+def _square(x: float, y: float, side: float) -> list[float]:
+    return [x, y, x + side, y, x + side, y + side, x, y + side]
+
+
+def make_dataset(root: Path, splits=("train", "valid", "test")) -> Path:
+    """Two 40x30 PNGs per split, three annotations (both classes) with polygon masks."""
+    for split in splits:
+        folder = root / split
+        folder.mkdir(parents=True)
+        images = []
+        for image_id in (1, 2):
+            name = f"{split}_{image_id}.png"
+            Image.new("RGB", (WIDTH, HEIGHT), (image_id * 60, 80, 120)).save(folder / name)
+            images.append({"id": image_id, "file_name": name, "width": WIDTH, "height": HEIGHT})
+        annotations = [
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 10], "iscrowd": 0, "area": 100,
+             "segmentation": [_square(2, 3, 10)]},
+            {"id": 11, "image_id": 1, "category_id": 2, "bbox": [20, 10, 15, 12], "iscrowd": 0, "area": 180,
+             "segmentation": [[20, 10, 35, 10, 35, 22, 20, 22]]},
+            {"id": 12, "image_id": 2, "category_id": 2, "bbox": [0, 0, 40, 30], "iscrowd": 0, "area": 1200,
+             "segmentation": [_square(0, 0, 30)]},
+        ]
+        document = {"images": images, "annotations": annotations, "categories": CATEGORIES}
+        (folder / validation.ANNOTATION_FILE).write_text(json.dumps(document, indent=1))
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "dataset")
+
+
+def edit(root: Path, split: str, change) -> None:
+    """Apply ``change(document)`` to a split's annotation file."""
+    path = root / split / validation.ANNOTATION_FILE
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def annotation(document: dict, annotation_id: int) -> dict:
+    return next(a for a in document["annotations"] if a["id"] == annotation_id)
+
+
+def run(capsys, root: Path, *extra: str) -> tuple[int, str]:
+    code = validate_setup.main(["--dataset_dir", str(root), "--skip_env", *extra])
+    return code, capsys.readouterr().out
+
+
+def lines(output: str, level: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith(f"[{level}]")]
+
+
+def only_line(output: str, level: str, *fragments: str) -> str:
+    """The one ``level`` line containing every fragment."""
+    found = [line for line in lines(output, level) if all(f in line for f in fragments)]
+    assert len(found) == 1, f"expected one [{level}] line with {fragments}, got {found}\n{output}"
+    return found[0]
+
+
+# ---- a clean dataset ------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_clean_dataset_passes(capsys, dataset, stage):
+    code, output = run(capsys, dataset, "--stage", stage)
+    assert code == 0, output
+    assert not lines(output, "FAIL") and not lines(output, "WARN"), output
+    assert "train: 2 images, 3 annotations (3 with masks), 2 classes" in output
+    assert "category ids and names agree across train, valid, test" in output
+    assert "OK: ready to train" in output
+
+
+def test_no_decode_passes_clean_dataset(capsys, dataset):
+    code, output = run(capsys, dataset, "--no_decode")
+    assert code == 0 and not lines(output, "FAIL"), output
+
+
+def test_report_api(dataset):
+    report = check_dataset(dataset, stage=2)
+    assert report.ok and report.counts()[Level.FAIL] == 0
+    assert [s.split for s in report.splits] == ["train", "valid", "test"]
+    assert report.splits[0].classes == 2  # the Roboflow project entry is no class
+    with pytest.raises(ValueError):
+        check_dataset(dataset, stage=3)
+
+
+# ---- layout and files -----------------------------------------------------------------------------
+def test_missing_required_split_fails(capsys, tmp_path):
+    root = make_dataset(tmp_path / "d", splits=("train", "test"))
+    code, output = run(capsys, root)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "not found")
+
+
+def test_missing_test_split_warns(capsys, tmp_path):
+    root = make_dataset(tmp_path / "d", splits=("train", "valid"))
+    code, output = run(capsys, root)
+    assert code == 0
+    only_line(output, "WARN", "test/_annotations.coco.json", "not found")
+
+
+def test_missing_dataset_folder_fails(capsys, tmp_path):
+    code, output = run(capsys, tmp_path / "nowhere")
+    assert code == 1
+    only_line(output, "FAIL", "does not exist")
+
+
+def test_broken_json_reports_line_and_column(capsys, dataset):
+    (dataset / "valid" / validation.ANNOTATION_FILE).write_text('{\n  "images": [],\n  "annotations": [,]\n}')
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "invalid JSON at line 3, column")
+
+
+def test_missing_keys_fail(capsys, dataset):
+    edit(dataset, "train", lambda d: d.pop("categories"))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "train/_annotations.coco.json", "categories")
+
+
+def test_missing_image_file_fails(capsys, dataset):
+    (dataset / "train" / "train_2.png").unlink()
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "train/_annotations.coco.json", "missing", "image 2 train_2.png")
+
+
+def test_truncated_image_fails(capsys, dataset):
+    path = dataset / "valid" / "valid_1.png"
+    Image.effect_noise((WIDTH, HEIGHT), 50).convert("RGB").save(path)  # noise: incompressible, so a long file
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "do not decode", "image 1 valid_1.png")
+
+
+def test_image_size_mismatch_warns(capsys, dataset):
+    Image.new("RGB", (WIDTH + 5, HEIGHT), 0).save(dataset / "test" / "test_2.png")
+    code, output = run(capsys, dataset)
+    assert code == 0
+    only_line(output, "WARN", "test/_annotations.coco.json", "image 2 test_2.png is 45x30, JSON says 40x30")
+
+
+def test_duplicate_image_ids_fail(capsys, dataset):
+    edit(dataset, "train", lambda d: d["images"][1].update(id=1))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "train/_annotations.coco.json", "duplicate image ids", "image 1")
+
+
+# ---- boxes --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bbox, level, text", [
+    ([float("nan"), 3, 10, 10], "FAIL", "NaN"),
+    ([2, 3, -10, 10], "FAIL", "negative width or height"),
+    ([2, 3, 10], "FAIL", "not a list of 4 numbers"),
+    ([35, 3, 8, 10], "WARN", "past its image"),  # reaches x = 43 in a 40 px image
+    ([50, 3, 10, 10], "FAIL", "entirely outside"),
+])
+def test_bad_bbox_is_flagged(capsys, dataset, bbox, level, text):
+    edit(dataset, "train", lambda d: annotation(d, 11).update(bbox=bbox))
+    code, output = run(capsys, dataset)
+    assert code == (1 if level == "FAIL" else 0), output
+    only_line(output, level, "train/_annotations.coco.json", text, "annotation 11")
+
+
+def test_box_within_tolerance_passes(capsys, dataset):
+    edit(dataset, "train", lambda d: annotation(d, 12).update(bbox=[-0.5, 0, 40.9, 30.5]))
+    code, output = run(capsys, dataset)
+    assert code == 0 and not lines(output, "WARN"), output
+
+
+# ---- references and categories -----------------------------------------------------------------------
+def test_unknown_category_id_fails(capsys, dataset):
+    edit(dataset, "valid", lambda d: annotation(d, 10).update(category_id=7))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "unknown category_id", "annotation 10 (category_id 7)")
+
+
+def test_annotation_on_roboflow_project_entry_fails(capsys, dataset):
+    edit(dataset, "valid", lambda d: annotation(d, 10).update(category_id=0))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "project entry", "annotation 10")
+
+
+def test_unknown_image_id_fails(capsys, dataset):
+    edit(dataset, "train", lambda d: annotation(d, 12).update(image_id=99))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "train/_annotations.coco.json", "unknown image_id", "annotation 12 (image_id 99)")
+
+
+def test_category_mismatch_across_splits_fails(capsys, dataset):
+    def rename(document):
+        document["categories"] = [dict(c, name="wolf") if c["id"] == 2 else c for c in document["categories"]]
+
+    edit(dataset, "valid", rename)
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "categories differ", "id 2: 'wolf' vs 'dog'")
+
+
+def test_class_without_training_annotations_warns(capsys, dataset):
+    edit(dataset, "train", lambda d: d["annotations"].pop(0))  # the only "cat"
+    code, output = run(capsys, dataset)
+    assert code == 0
+    only_line(output, "WARN", "train/_annotations.coco.json", "cat (1)")
+
+
+def test_offenders_are_capped(capsys, dataset):
+    def many_bad(document):
+        document["annotations"] = [dict(annotation(document, 10), id=100 + i, bbox=[1, 1, 0, 5]) for i in range(8)]
+
+    edit(dataset, "train", many_bad)
+    code, output = run(capsys, dataset)
+    line = only_line(output, "WARN", "zero width or height")
+    assert "(8)" in line and "annotation 104" in line and "annotation 105" not in line and "+3 more" in line
+
+
+# ---- segmentation ------------------------------------------------------------------------------------
+def test_polygon_with_two_points_fails(capsys, dataset):
+    edit(dataset, "test", lambda d: annotation(d, 11).update(segmentation=[[20, 10, 35, 10]]))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "test/_annotations.coco.json", "fewer than 3 points", "annotation 11")
+
+
+def test_rle_size_must_match_image(capsys, dataset):
+    good = {"size": [HEIGHT, WIDTH], "counts": [0, WIDTH * HEIGHT]}
+    bad = {"size": [HEIGHT + 1, WIDTH], "counts": [0, WIDTH * (HEIGHT + 1)]}
+    edit(dataset, "train", lambda d: (annotation(d, 10).update(segmentation=good),
+                                      annotation(d, 11).update(segmentation=bad)))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    line = only_line(output, "FAIL", "train/_annotations.coco.json", "RLE size")
+    assert "annotation 11" in line and "annotation 10" not in line
+
+
+def test_stage2_requires_segmentation(capsys, dataset):
+    def drop_masks(document):
+        annotation(document, 10)["segmentation"] = []
+        del annotation(document, 12)["segmentation"]
+        document["annotations"].append(dict(annotation(document, 11), id=13, iscrowd=1, segmentation=[]))
+
+    edit(dataset, "valid", drop_masks)
+    code, output = run(capsys, dataset, "--stage", "1")
+    assert code == 0, output
+    code, output = run(capsys, dataset, "--stage", "2")
+    assert code == 1
+    line = only_line(output, "FAIL", "valid/_annotations.coco.json", "stage 2 needs a segmentation on all 3 non-crowd", "(2)")
+    assert "annotation 10, annotation 12" in line and "annotation 13" not in line  # crowd ones need no mask
+
+
+# ---- environment and the script itself --------------------------------------------------------------
+def test_environment_checks_pass_here():
+    results = check_environment()
+    assert not [r for r in results if r.level is Level.FAIL], results
+    messages = [r.message for r in results]
+    assert messages[0].startswith("Python 3.")
+    assert any(m.startswith("torch ") for m in messages) and any(m.startswith("pycocotools 2.") for m in messages)
+    assert any("CUDA" in m or "MPS" in m for m in messages)
+
+
+def test_missing_modules_fail_or_warn(monkeypatch):
+    monkeypatch.setattr(validation, "REQUIRED_MODULES", ("numpy", "no_such_required_module"))
+    monkeypatch.setattr(validation, "OPTIONAL_MODULES", ("no_such_optional_module",))
+    levels = {r.message.split(" (")[0]: r.level for r in check_environment()}
+    assert levels["cannot import no_such_required_module"] is Level.FAIL
+    assert levels["cannot import no_such_optional_module"] is Level.WARN
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    completed = subprocess.run([sys.executable, "validate_setup.py", "--help"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=30)
+    assert completed.returncode == 0 and "--dataset_dir" in completed.stdout and "--no_decode" in completed.stdout
+    probe = ("import sys, validate_setup\n"
+             "try:\n    validate_setup.main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=30)
+    assert completed.stdout.strip().splitlines()[-1] == "False", completed.stdout + completed.stderr
+
+
+def test_dataset_lint_does_not_import_torch(dataset):
+    probe = (f"import sys, validate_setup\ncode = validate_setup.main(['--dataset_dir', {str(dataset)!r}, "
+             "'--skip_env'])\nprint(code, 'torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=60)
+    assert completed.stdout.strip().splitlines()[-1] == "0 False", completed.stdout + completed.stderr
+
+
+def test_usage_error_exits_2():
+    with pytest.raises(SystemExit) as exit_info:
+        validate_setup.main(["--stage", "3"])
+    assert exit_info.value.code == 2
