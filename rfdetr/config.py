@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SizeName = Literal["nano", "small", "medium", "base", "large"]
 SIZES: tuple[str, ...] = ("nano", "small", "medium", "base", "large")
@@ -173,3 +173,60 @@ def model_config(size: str, **overrides) -> ModelConfig:
         raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
     fields = {"size": size, "pretrain_weights": PRETRAINED_NAMES[size], **SIZE_PRESETS[size], **overrides}
     return ModelConfig(**fields)
+
+
+class TrainConfig(BaseModel):
+    """How to train: data, optimisation, schedule, checkpoints and logging (facts sheet section 1.6).
+
+    The training scripts map their flags onto these fields and nothing else declares a default.
+    ``grad_accum_steps`` micro-batches of ``batch_size`` images make one optimizer step.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset_dir: str = "dataset"
+    output_dir: str = "output"
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    grad_accum_steps: int = Field(4, ge=1)
+    num_workers: int = Field(2, ge=0)
+    resolution: int | None = None  # None: the model's native resolution
+    multi_scale: bool = True
+    expanded_scales: bool = True
+    do_random_resize_via_padding: bool = False
+    lr: float = Field(1e-4, gt=0)
+    lr_encoder: float = Field(1.5e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_vit_layer_decay: float = Field(0.8, gt=0, le=1)
+    lr_component_decay: float = Field(0.7, gt=0, le=1)
+    lr_scheduler: Literal["cosine", "step"] = "cosine"
+    lr_drop: int = Field(100, ge=1)  # "step": epochs before the 10x drop
+    lr_min_factor: float = Field(0.0, ge=0, le=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+    clip_max_norm: float = Field(0.1, ge=0)  # 0 disables clipping
+    use_ema: bool = True
+    ema_decay: float = Field(0.993, ge=0, lt=1)
+    ema_tau: float = Field(100.0, ge=0)
+    amp: bool = True  # CUDA only; CPU always trains in fp32
+    seed: int = 42
+    cls_loss_coef: float = 1.0
+    bbox_loss_coef: float = 5.0
+    giou_loss_coef: float = 2.0
+    set_cost_class: float = 2.0
+    set_cost_bbox: float = 5.0
+    set_cost_giou: float = 2.0
+    focal_alpha: float = 0.25
+    early_stopping: bool = False
+    early_stopping_patience: int = Field(10, ge=1)
+    early_stopping_min_delta: float = Field(0.001, ge=0)
+    early_stopping_use_ema: bool = False
+    checkpoint_interval: int = Field(10, ge=1)  # also keep checkpoint<epoch>.pth every N epochs
+    tensorboard: bool = True
+    wandb: bool = False
+    project: str | None = None
+    run: str | None = None
+    run_test: bool = True
+    device: str | None = None  # None: cuda, else mps, else cpu
+    resume: str | None = None
+    max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for quick runs and tests
+    progress_bar: bool = True

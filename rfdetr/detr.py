@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -52,6 +53,9 @@ class RFDETR:
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  pretrain_exclude_keys: Sequence[str] = (), **config_overrides: Any):
         size = size or self.size
+        # Remembered so that train() can rebuild the heads for a dataset's classes from the same weights.
+        self._init_arguments = dict(size=size, pretrain_weights=pretrain_weights, device=device,
+                                    pretrain_exclude_keys=list(pretrain_exclude_keys), **config_overrides)
         if size is None:
             raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
         if "num_classes" in config_overrides or "pretrain_weights" in config_overrides:
@@ -97,6 +101,31 @@ class RFDETR:
         detections = to_detections(results, threshold, self.class_names)
         return detections if is_list else detections[0]
 
+    def train(self, **train_kwargs: Any):
+        """Fine-tune on a COCO-format dataset; keyword arguments are :class:`~rfdetr.config.TrainConfig` fields.
+
+        The class heads are rebuilt for the dataset's classes (everything else keeps the loaded
+        weights); afterwards the wrapper holds the best weights of the run. Returns the
+        :class:`~rfdetr.training.trainer.TrainResult`.
+        """
+        from rfdetr.config import TrainConfig
+        from rfdetr.datasets.coco import dataset_classes
+        from rfdetr.training.trainer import Trainer
+
+        config = TrainConfig(**train_kwargs)
+        classes = dataset_classes(config.dataset_dir, "train")
+        if classes != self.classes:
+            arguments = dict(self._init_arguments)
+            if config.device:
+                arguments["device"] = config.device
+            self.__init__(class_names=classes, **arguments)
+        result = Trainer(self.model, self.config, self.classes, config).fit()
+        best = Path(config.output_dir) / "checkpoint_best_total.pth"
+        if best.is_file():
+            self.model.load_state_dict(read_checkpoint(best)["model"])
+        self.model.eval()
+        return result
+
     def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
                verify: bool = True):
         """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``).
@@ -117,8 +146,12 @@ def _read_weights(pretrain_weights: str | os.PathLike) -> dict:
 
 
 def _choose_classes(stored: ClassTable | None, num_classes: int | None,
-                    class_names: Sequence[str] | None) -> tuple[ClassTable, bool]:
+                    class_names: Sequence[str] | ClassTable | None) -> tuple[ClassTable, bool]:
     """The model's class table and whether the checkpoint's class heads can be kept."""
+    if isinstance(class_names, ClassTable):  # a dataset's table (category ids included)
+        if num_classes is not None and num_classes != class_names.num_rows - 1:
+            raise ValueError(f"num_classes={num_classes} does not match the class table ({class_names.describe()})")
+        return class_names, stored == class_names
     if class_names is not None:
         table = ClassTable.from_names(class_names)
         if num_classes is not None and num_classes != len(table.entries):

@@ -76,6 +76,12 @@ def load_annotation_file(path: str | Path) -> dict:
     return data
 
 
+def dataset_classes(dataset_dir: str | Path, split: str = "train") -> ClassTable:
+    """The class table of a split, read from its annotation file alone (no images touched)."""
+    path = resolve_split_dir(dataset_dir, split) / ANNOTATION_FILE
+    return ClassTable.from_categories(load_annotation_file(path)["categories"])
+
+
 # ---- segmentation decoding ---------------------------------------------------------------------
 def decode_segmentation(segmentation: Any, height: int, width: int, where: str = "annotation") -> np.ndarray:
     """A COCO ``segmentation`` -> ``[height, width]`` uint8 0/1 mask.

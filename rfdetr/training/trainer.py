@@ -1,0 +1,339 @@
+"""The training run: data, optimisation, per-epoch evaluation, checkpoints, logs, early stopping, resume.
+
+Files in ``output_dir`` (rank 0 writes them, each atomically):
+
+- ``checkpoint.pth``: everything needed to resume (model, optimizer, scheduler, scaler, EMA,
+  epoch, best metrics, early-stopping state), rewritten every epoch;
+  ``checkpoint<epoch:04>.pth`` every ``checkpoint_interval`` epochs;
+- ``checkpoint_best_regular.pth`` / ``checkpoint_best_ema.pth``: the best weights by the selection
+  metric (bbox AP, or segm AP when masks are trained); ``checkpoint_best_total.pth``: the better of
+  the two, weights only, written at the end;
+- ``log.txt`` (a JSON line per epoch), ``results.json`` (metrics of the *best* epoch), TensorBoard.
+
+Randomness is re-seeded from ``(seed, epoch, rank)`` at every epoch start, which is what makes
+``--resume`` continue exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from rfdetr.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
+from rfdetr.classes import ClassTable
+from rfdetr.config import ModelConfig, TrainConfig
+from rfdetr.datasets import build_dataset, collate_fn
+from rfdetr.datasets.coco import resolve_split_dir
+from rfdetr.datasets.transforms import train_scales
+from rfdetr.models import PostProcess, build_criterion
+from rfdetr.training import distributed as dist
+from rfdetr.training.early_stopping import EarlyStopping
+from rfdetr.training.ema import ModelEMA
+from rfdetr.training.engine import StepSettings, evaluate, train_one_epoch, unwrap
+from rfdetr.training.optim import build_optimizer, build_scheduler
+from rfdetr.training.reporting import RunReporter, metric_scalars
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    best_epoch: int | None
+    best_metric: float
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def resolve_device(name: str | None) -> torch.device:
+    from rfdetr.detr import default_device
+
+    return torch.device(name) if name else default_device()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """(autocast context factory, GradScaler or None): bf16 (or fp16 + scaler) on CUDA, fp32 elsewhere."""
+    if not (amp and device.type == "cuda"):
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return functools.partial(torch.autocast, device_type="cuda", dtype=dtype), scaler
+
+
+class Trainer:
+    """Trains ``model`` (a detector, or a detector with a mask head) on a COCO-format dataset."""
+
+    def __init__(self, model: nn.Module, model_config: ModelConfig, classes: ClassTable, config: TrainConfig, *,
+                 criterion: nn.Module | None = None, masks: bool = False, select_on: str = "bbox"):
+        self.config = config
+        self.model_config = model_config
+        self.classes = classes
+        self.masks = masks
+        self.select_on = select_on
+        self.device = resolve_device(config.device)
+        self.distributed = dist.init_distributed(self.device)
+        self.output_dir = Path(config.output_dir)
+        self.resolution = config.resolution or model_config.resolution
+        if self.resolution % model_config.block_size:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of {model_config.block_size} "
+                             f"(patch_size x num_windows) for {model_config.size}")
+        seed_everything(config.seed + dist.rank())
+        self.datasets = self._build_datasets()
+        self.model = model.to(self.device)
+        self.criterion = criterion or build_criterion(
+            num_classes=model_config.num_classes, group_detr=model_config.group_detr, aux_loss=model_config.aux_loss,
+            dec_layers=model_config.dec_layers, cls_loss_coef=config.cls_loss_coef,
+            bbox_loss_coef=config.bbox_loss_coef, giou_loss_coef=config.giou_loss_coef,
+            set_cost_class=config.set_cost_class, set_cost_bbox=config.set_cost_bbox,
+            set_cost_giou=config.set_cost_giou, focal_alpha=config.focal_alpha)
+        self.criterion.to(self.device)
+        self.ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.use_ema else None
+        if self.distributed:
+            self.model = nn.parallel.DistributedDataParallel(self.model)
+        self.loader, self.sampler = self._train_loader()
+        steps = len(self.loader) // config.grad_accum_steps
+        self.steps_per_epoch = max(1, min(steps, config.max_steps_per_epoch or steps))
+        self.optimizer = build_optimizer(unwrap(self.model).named_parameters(), model_config, config)
+        self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, config)
+        self.autocast, self.scaler = autocast_for(self.device, config.amp)
+        self.postprocess = PostProcess(model_config.num_select)
+        self.stopper = EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
+        self.best = {"regular": -1.0, "ema": -1.0}
+        self.best_epoch: dict[str, int | None] = {"regular": None, "ema": None}
+        self.best_record: dict[str, dict] = {}
+        self.history: list[dict] = []
+        self.start_epoch = 0
+        if config.resume:
+            self._resume(config.resume)
+
+    # ---- data -------------------------------------------------------------------------------------
+    def _build_datasets(self) -> dict:
+        common = dict(resolution=self.resolution, masks=self.masks)
+        splits = {
+            "train": build_dataset(self.config.dataset_dir, "train", train=True, multi_scale=self.config.multi_scale,
+                                   expanded_scales=self.config.expanded_scales,
+                                   do_random_resize_via_padding=self.config.do_random_resize_via_padding,
+                                   patch_size=self.model_config.patch_size, num_windows=self.model_config.num_windows,
+                                   **common),
+            "valid": build_dataset(self.config.dataset_dir, "valid", train=False, **common),
+        }
+        if self.config.run_test and _split_exists(self.config.dataset_dir, "test"):
+            splits["test"] = build_dataset(self.config.dataset_dir, "test", train=False, **common)
+        for name, dataset in splits.items():
+            if dataset.classes != self.classes:
+                raise ValueError(
+                    f"the {name} split of {self.config.dataset_dir} has classes {dataset.classes.describe()} but "
+                    f"the model has {self.classes.describe()}; build the model with the dataset's classes "
+                    "(RFDETR.train and train_detector_stage1.py do this) or fix the split's categories")
+        return splits
+
+    def _train_loader(self):
+        dataset, config = self.datasets["train"], self.config
+        effective = config.batch_size * config.grad_accum_steps * dist.world_size()
+        if self.distributed:
+            sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=True)
+        elif len(dataset) < effective * 5:  # tiny datasets: five optimizer steps per epoch, with replacement
+            sampler = RandomSampler(dataset, replacement=True, num_samples=effective * 5)
+        else:
+            sampler = RandomSampler(dataset)
+        loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                            collate_fn=collate_fn, num_workers=config.num_workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        return loader, sampler
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.datasets[split]
+        sampler = DistributedSampler(dataset, shuffle=False) if self.distributed else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, shuffle=False,
+                          collate_fn=collate_fn, num_workers=self.config.num_workers)
+
+    def _batch_scales(self) -> list[int] | None:
+        """Per-step resize sides for multi-scale training (the dataset then delivers the largest side)."""
+        if not self.config.multi_scale or self.config.do_random_resize_via_padding:
+            return None
+        return train_scales(self.resolution, self.model_config.patch_size, self.model_config.num_windows,
+                            multi_scale=True, expanded_scales=self.config.expanded_scales,
+                            do_random_resize_via_padding=True)
+
+    # ---- the run ------------------------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        config = self.config
+        main = dist.is_main_process()
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2))
+        reporter = RunReporter(self.output_dir, tensorboard=config.tensorboard, wandb=config.wandb, enabled=main,
+                               project=config.project, run=config.run, config=config.model_dump())
+        stopped_early = False
+        try:
+            for epoch in range(self.start_epoch, config.epochs):
+                record, scalars = self._run_epoch(epoch)
+                self.history.append(record)
+                reporter.log_epoch(record, scalars, epoch)
+                stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
+                if stop:
+                    logger.info("early stopping after epoch %d: no improvement > %g for %d epochs", epoch,
+                                config.early_stopping_min_delta, config.early_stopping_patience)
+                    stopped_early = True
+                    break
+            self._finish()
+        finally:
+            reporter.close()
+        kind = max(self.best, key=self.best.get)
+        return TrainResult(self.output_dir, self.best_epoch[kind], self.best[kind], self.history, stopped_early)
+
+    def _run_epoch(self, epoch: int) -> tuple[dict, dict]:
+        config = self.config
+        seed_everything(config.seed + 1000 * epoch + dist.rank())
+        generator = torch.Generator().manual_seed(config.seed + epoch)
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        settings = StepSettings(
+            criterion=self.criterion, optimizer=self.optimizer, scheduler=self.scheduler, device=self.device,
+            grad_accum_steps=config.grad_accum_steps, clip_max_norm=config.clip_max_norm, autocast=self.autocast,
+            scaler=self.scaler, ema=self.ema, scales=self._batch_scales(), generator=generator,
+            max_steps=self.steps_per_epoch, progress_bar=config.progress_bar)
+        train_stats = train_one_epoch(self.model, self.loader, settings, epoch)
+        valid = self._evaluate(unwrap(self.model), "valid")
+        ema_valid = self._evaluate(self.ema.module, "valid", "valid ema") if self.ema is not None else None
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
+                  **_flatten("valid", valid)}
+        if ema_valid is not None:
+            record.update(_flatten("ema_valid", ema_valid))
+        scores = {"regular": self._selection_metric(valid)}
+        if ema_valid is not None:
+            scores["ema"] = self._selection_metric(ema_valid)
+        improved = self._track_best(epoch, scores, {"regular": valid, "ema": ema_valid})  # same on every rank
+        if dist.is_main_process():
+            self._write_checkpoints(epoch, improved, {"regular": valid, "ema": ema_valid})
+        monitored = scores["ema"] if config.early_stopping_use_ema and "ema" in scores else max(scores.values())
+        self.stopper.update(monitored)
+        record.update({"selection_metric": f"{self.select_on}_AP", "best_regular": self.best["regular"],
+                       "best_ema": self.best["ema"]})
+        scalars = {"train/loss": train_stats["loss"], "train/lr": train_stats["lr"],
+                   "val/loss": valid["losses"].get("loss", float("nan")), **metric_scalars("val", valid["metrics"])}
+        if ema_valid is not None:
+            scalars.update(metric_scalars("val_ema", ema_valid["metrics"]))
+        return record, scalars
+
+    def _evaluate(self, model: nn.Module, split: str, desc: str | None = None) -> dict:
+        from rfdetr.evaluation import CocoEvaluator
+
+        dataset = self.datasets[split]
+        iou_types = ("bbox", "segm") if self.masks else ("bbox",)
+        evaluator = CocoEvaluator(dataset.coco, self.classes, iou_types)
+        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=self.postprocess,
+                        evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
+                        autocast=self.autocast, progress_bar=self.config.progress_bar, desc=desc or split)
+
+    def _selection_metric(self, result: dict) -> float:
+        metrics = result["metrics"] or {}
+        return float((metrics.get(self.select_on) or {}).get("ap") or 0.0)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------
+    def _checkpoint(self, weights: nn.Module, epoch: int, *, full: bool, **extra) -> dict:
+        content = make_checkpoint(weights, self.model_config, self.classes, epoch=epoch,
+                                  train_config=self.config.model_dump(), **extra)
+        if full:
+            content.update(optimizer=self.optimizer.state_dict(), lr_scheduler=self.scheduler.state_dict(),
+                           scaler=self.scaler.state_dict() if self.scaler else None,
+                           ema=self.ema.state_dict() if self.ema else None,
+                           trainer={"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
+                                    "best_record": self.best_record, "early_stopping": self.stopper.state_dict()})
+        return content
+
+    def _track_best(self, epoch: int, scores: dict[str, float], results: dict[str, dict | None]) -> dict[str, bool]:
+        improved = {kind: score > self.best[kind] for kind, score in scores.items()}
+        for kind, better in improved.items():
+            if better:
+                self.best[kind], self.best_epoch[kind] = scores[kind], epoch
+                self.best_record[kind] = {"epoch": epoch, "valid": results[kind]["metrics"]}
+        return improved
+
+    def _write_checkpoints(self, epoch: int, improved: dict[str, bool], results: dict[str, dict | None]) -> None:
+        model = unwrap(self.model)
+        save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / "checkpoint.pth")
+        if (epoch + 1) % self.config.checkpoint_interval == 0:
+            save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / f"checkpoint{epoch:04}.pth")
+        if improved.get("regular"):
+            save_checkpoint(self._checkpoint(model, epoch, full=False, metrics=results["regular"]["metrics"]),
+                            self.output_dir / "checkpoint_best_regular.pth")
+        if improved.get("ema"):
+            save_checkpoint(self._checkpoint(self.ema.module, epoch, full=False, metrics=results["ema"]["metrics"]),
+                            self.output_dir / "checkpoint_best_ema.pth")
+
+    def _resume(self, path: str) -> None:
+        checkpoint = read_checkpoint(path)
+        if "optimizer" not in checkpoint or "trainer" not in checkpoint:
+            raise ValueError(f"{path} is not a resumable checkpoint (no optimizer/trainer state); resume from "
+                             "the run's checkpoint.pth, or pass it as --pretrain_weights to start a new run")
+        unwrap(self.model).load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.load_state_dict(checkpoint["ema"])
+        state = checkpoint["trainer"]
+        self.best, self.best_epoch = dict(state["best"]), dict(state["best_epoch"])
+        self.history, self.best_record = list(state["history"]), dict(state["best_record"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        self.start_epoch = int(checkpoint["epoch"]) + 1
+        logger.info("resumed from %s at epoch %d", path, self.start_epoch)
+
+    def _finish(self) -> None:
+        """checkpoint_best_total.pth, the test split on it, and results.json of the best epoch."""
+        from rfdetr.metrics import results_json
+
+        dist.barrier()
+        kind = "ema" if self.best["ema"] > self.best["regular"] else "regular"
+        source = self.output_dir / f"checkpoint_best_{kind}.pth"
+        if self.best_epoch[kind] is None:
+            return
+        best = dist.broadcast_object(read_checkpoint(source) if dist.is_main_process() else None)
+        total = {k: best[k] for k in ("model", "config", "classes", "rfdetr_version", "epoch", "metrics") if k in best}
+        test = None
+        if "test" in self.datasets:
+            unwrap(self.model).load_state_dict(best["model"])
+            test = self._evaluate(unwrap(self.model), "test")
+            total["test_metrics"] = test["metrics"]
+        if dist.is_main_process():
+            save_checkpoint(total, self.output_dir / "checkpoint_best_total.pth")
+            summary = results_json(self.best_record[kind]["valid"], test["metrics"] if test else None,
+                                   epoch=self.best_epoch[kind])
+            summary.update(best_weights=kind, selection_metric=f"{self.select_on}_AP")
+            (self.output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+
+
+def _split_exists(dataset_dir: str, split: str) -> bool:
+    try:
+        resolve_split_dir(dataset_dir, split)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _flatten(prefix: str, result: dict) -> dict:
+    flat = {f"{prefix}_{k}": v for k, v in result["losses"].items()}
+    for iou_type, values in (result["metrics"] or {}).items():
+        if isinstance(values, dict):
+            flat[f"{prefix}_{iou_type}_stats"] = values.get("stats")
+            flat[f"{prefix}_{iou_type}_AP"] = values.get("ap")
+            flat[f"{prefix}_{iou_type}_AP50"] = values.get("ap50")
+    return flat

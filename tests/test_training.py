@@ -1,0 +1,185 @@
+"""Stage-1 training: parameter groups, schedule, EMA, the run's files, resume, early stopping, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rfdetr.checkpoint import read_checkpoint
+from rfdetr.config import TrainConfig, model_config
+from rfdetr.datasets import make_synthetic_coco
+from rfdetr.datasets.coco import dataset_classes
+from rfdetr.models import build_detector
+from rfdetr.training.early_stopping import EarlyStopping
+from rfdetr.training.ema import ModelEMA
+from rfdetr.training.engine import NonFiniteLossError
+from rfdetr.training.optim import lr_factor, parameter_groups, parameter_settings
+from rfdetr.training.trainer import Trainer
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+# A small, fast geometry: nano with fewer queries and groups at 256 px (16 x 16 = 256 tokens >= 50 queries).
+TINY_MODEL = dict(num_queries=50, group_detr=2)
+TINY_TRAIN = dict(epochs=2, batch_size=2, grad_accum_steps=1, resolution=256, multi_scale=False, num_workers=0,
+                  progress_bar=False, max_steps_per_epoch=2, use_ema=True, ema_tau=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    return make_synthetic_coco(tmp_path_factory.mktemp("data"), seed=5, num_train=6, num_valid=2, num_test=2,
+                               image_size=(128, 128))
+
+
+def _trainer(dataset_dir, output_dir, **overrides) -> Trainer:
+    config = model_config("nano", num_classes=dataset_classes(dataset_dir).num_rows - 1, **TINY_MODEL)
+    torch.manual_seed(0)
+    model = build_detector(config)
+    train = TrainConfig(dataset_dir=str(dataset_dir), output_dir=str(output_dir), **{**TINY_TRAIN, **overrides})
+    return Trainer(model, config, dataset_classes(dataset_dir), train)
+
+
+def test_parameter_groups_follow_layer_decay_and_are_grouped():
+    config, train = model_config("nano"), TrainConfig()
+    lr, decay = parameter_settings("backbone.0.encoder.encoder.encoder.layer.11.mlp.fc1.weight", config, train)
+    # n = 12 + 1 = 13, depth id 12: lr_encoder * 0.8 ** 2 * 0.7 ** 2
+    assert lr == pytest.approx(1.5e-4 * 0.8**2 * 0.7**2) and decay == 1e-4
+    lr, decay = parameter_settings("backbone.0.encoder.encoder.embeddings.patch_embeddings.projection.weight",
+                                   config, train)
+    assert lr == pytest.approx(1.5e-4 * 0.8**14 * 0.7**2) and decay == 0.0
+    assert parameter_settings("backbone.0.encoder.encoder.layer.3.norm1.bias", config, train)[1] == 0.0
+    assert parameter_settings("transformer.decoder.layers.0.linear1.weight", config, train) == (
+        pytest.approx(1e-4 * 0.7), 1e-4)
+    assert parameter_settings("class_embed.weight", config, train) == (1e-4, 1e-4)
+    model = build_detector(config)
+    groups = parameter_groups(model.named_parameters(), config, train)
+    assert len(groups) < 40  # one per (lr, wd), not one per tensor
+    grouped = sum(len(g["params"]) for g in groups)
+    assert grouped == sum(1 for p in model.parameters() if p.requires_grad)
+    assert len({(g["lr"], g["weight_decay"]) for g in groups}) == len(groups)
+
+
+def test_lr_schedule_warmup_cosine_and_step():
+    config = TrainConfig(epochs=10, warmup_epochs=1)
+    assert lr_factor(0, steps_per_epoch=4, train_config=config) == 0.0
+    assert lr_factor(2, steps_per_epoch=4, train_config=config) == 0.5
+    assert lr_factor(4, steps_per_epoch=4, train_config=config) == 1.0
+    assert lr_factor(22, steps_per_epoch=4, train_config=config) == pytest.approx(0.5)
+    assert lr_factor(40, steps_per_epoch=4, train_config=config) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(epochs=10, lr_scheduler="step", lr_drop=3)
+    assert lr_factor(11, steps_per_epoch=4, train_config=step) == 1.0
+    assert lr_factor(12, steps_per_epoch=4, train_config=step) == 0.1
+
+
+def test_ema_follows_the_formula():
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.9, tau=2.0)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-1 / 2.0))
+    torch.testing.assert_close(ema.module.weight, d * start + (1 - d) * model.weight.detach())
+    assert not ema.module.weight.requires_grad
+
+
+def test_early_stopping_counts_only_real_improvements():
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    for value in (0.1, 0.105, 0.2, 0.2):
+        stopper.update(value)
+    assert not stopper.should_stop
+    stopper.update(0.205)
+    assert stopper.should_stop and stopper.best == 0.2
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    result = _trainer(tiny_dataset, output).fit()
+    return output, result
+
+
+def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_dataset):
+    output, result = finished_run
+    for name in ("checkpoint.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth",
+                 "checkpoint_best_total.pth", "log.txt", "results.json", "train_config.json"):
+        assert (output / name).is_file(), name
+    assert list(output.glob("events.out.tfevents.*"))
+    lines = [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert {"train_loss", "train_lr", "valid_loss", "valid_bbox_AP", "ema_valid_bbox_AP"} <= set(lines[0])
+    resumable = read_checkpoint(output / "checkpoint.pth")
+    assert {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer"} <= set(resumable)
+    assert resumable["epoch"] == 1 and resumable["classes"] == dataset_classes(tiny_dataset).to_dict()
+    total = read_checkpoint(output / "checkpoint_best_total.pth")
+    assert "optimizer" not in total and "test_metrics" in total
+    results = json.loads((output / "results.json").read_text())
+    assert results["epoch"] == result.best_epoch and "class_map" in results
+
+
+def test_best_total_loads_into_the_wrapper_with_the_dataset_classes(finished_run, tiny_dataset):
+    from rfdetr import RFDETRNano
+
+    output, _ = finished_run
+    model = RFDETRNano(pretrain_weights=output / "checkpoint_best_total.pth", device="cpu", **TINY_MODEL)
+    assert list(model.class_names.values()) == dataset_classes(tiny_dataset).names
+    detections = model.predict(torch.rand(3, 100, 120), threshold=0.0)
+    assert len(detections) > 0 and set(detections.class_id) <= set(model.class_names)
+
+
+def test_resume_continues_exactly(finished_run, tiny_dataset, tmp_path, monkeypatch):
+    output, _ = finished_run
+    interrupted = tmp_path / "interrupted"
+    trainer = _trainer(tiny_dataset, interrupted)
+    original = trainer._run_epoch
+
+    def stop_at_second_epoch(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(epoch)
+
+    monkeypatch.setattr(trainer, "_run_epoch", stop_at_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert read_checkpoint(interrupted / "checkpoint.pth")["epoch"] == 0  # the last good checkpoint survives
+    resumed = _trainer(tiny_dataset, interrupted, resume=str(interrupted / "checkpoint.pth"))
+    assert resumed.start_epoch == 1
+    resumed.fit()
+    expected = read_checkpoint(output / "checkpoint.pth")
+    actual = read_checkpoint(interrupted / "checkpoint.pth")
+    for key, value in expected["model"].items():
+        torch.testing.assert_close(actual["model"][key], value, atol=0, rtol=0, msg=key)
+    for key, value in expected["ema"]["module"].items():
+        torch.testing.assert_close(actual["ema"]["module"][key], value, atol=0, rtol=0, msg=key)
+    assert actual["lr_scheduler"] == expected["lr_scheduler"]
+    assert [json.loads(x)["train_loss"] for x in (interrupted / "log.txt").read_text().splitlines()] == \
+        [json.loads(x)["train_loss"] for x in (output / "log.txt").read_text().splitlines()]
+
+
+def test_early_stopping_really_stops(tiny_dataset, tmp_path):
+    result = _trainer(tiny_dataset, tmp_path, epochs=6, early_stopping=True, early_stopping_patience=1,
+                      early_stopping_min_delta=1.0, use_ema=False, run_test=False).fit()
+    assert result.stopped_early and len(result.history) == 2
+
+
+def test_nan_loss_stops_before_the_step_and_names_it(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, tmp_path, use_ema=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    original = trainer.criterion.weighted_loss
+    trainer.criterion.weighted_loss = lambda losses: original(losses) * float("nan")
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 0"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoint.pth").exists()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dataset_with_other_classes_is_refused(tiny_dataset, tmp_path):
+    config = model_config("nano", **TINY_MODEL)
+    from rfdetr.classes import ClassTable
+
+    with pytest.raises(ValueError, match="build the model with the dataset's classes"):
+        Trainer(build_detector(config), config, ClassTable.coco(),
+                TrainConfig(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path), **TINY_TRAIN))
