@@ -18,7 +18,8 @@ import argparse
 import logging
 import sys
 
-from rfdetr.cli import add_training_flags, banner, next_run_dir, resume_paths, split_patterns, train_overrides
+from rfdetr.cli import (add_training_flags, banner, model_overrides, next_run_dir, resume_paths, split_patterns,
+                        train_overrides)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         from rfdetr.detr import RFDETR
 
         model = RFDETR(args.size, pretrain_weights=weights, device=config.device,
-                       pretrain_exclude_keys=split_patterns(args.pretrain_exclude_keys))
+                       pretrain_exclude_keys=split_patterns(args.pretrain_exclude_keys), **model_overrides(args))
         result = model.train(**config.model_dump())
     except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -64,6 +64,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 42)")
     parser.add_argument("--pretrain_exclude_keys", nargs="*", default=None, metavar="PATTERN",
                         help="fnmatch patterns (space or comma separated) of checkpoint keys not to load")
+    model = parser.add_argument_group("smaller/faster models (defaults: the size's native values)")
+    model.add_argument("--num_queries", type=int, default=None, help="object queries (native: 300)")
+    model.add_argument("--group_detr", type=int, default=None, help="query groups in training (native: 13)")
+
+
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """ModelConfig fields for the model flags the user gave."""
+    return {name: getattr(args, name) for name in ("num_queries", "group_detr") if getattr(args, name, None)}
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:

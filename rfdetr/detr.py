@@ -70,9 +70,12 @@ class RFDETR:
                                       f"use RFDETR{found.capitalize()} (or pass the {size} checkpoint)")
         stored = checkpoint_class_table(checkpoint) if checkpoint is not None else None
         self.classes, keep_heads = _choose_classes(stored, num_classes, class_names)
+        # Our checkpoints carry their model config: its geometry is the default, explicit keywords win.
+        saved = {k: v for k, v in (checkpoint or {}).get("config", {}).items()
+                 if k not in ("size", "num_classes", "pretrain_weights")}
         self.config: ModelConfig = model_config(size, num_classes=self.classes.num_rows - 1,
                                                 pretrain_weights=None if pretrain_weights is None
-                                                else os.fspath(pretrain_weights), **config_overrides)
+                                                else os.fspath(pretrain_weights), **{**saved, **config_overrides})
         self.model = build_detector(self.config)
         if checkpoint is not None:
             exclude = list(pretrain_exclude_keys) + ([] if keep_heads else list(CLASS_HEAD_PATTERNS))

@@ -123,7 +123,8 @@ def test_best_total_loads_into_the_wrapper_with_the_dataset_classes(finished_run
     from rfdetr import RFDETRNano
 
     output, _ = finished_run
-    model = RFDETRNano(pretrain_weights=output / "checkpoint_best_total.pth", device="cpu", **TINY_MODEL)
+    model = RFDETRNano(pretrain_weights=output / "checkpoint_best_total.pth", device="cpu")
+    assert model.config.num_queries == 50 and model.config.group_detr == 2  # geometry read from the checkpoint
     assert list(model.class_names.values()) == dataset_classes(tiny_dataset).names
     detections = model.predict(torch.rand(3, 100, 120), threshold=0.0)
     assert len(detections) > 0 and set(detections.class_id) <= set(model.class_names)
