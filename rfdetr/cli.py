@@ -67,11 +67,14 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("smaller/faster models (defaults: the size's native values)")
     model.add_argument("--num_queries", type=int, default=None, help="object queries (native: 300)")
     model.add_argument("--group_detr", type=int, default=None, help="query groups in training (native: 13)")
+    model.add_argument("--gradient_checkpointing", type=str2bool, nargs="?", const=True, default=None, metavar="0|1",
+                       help="recompute ViT blocks in backward: less training memory, slower steps (default: 1)")
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """ModelConfig fields for the model flags the user gave."""
-    return {name: getattr(args, name) for name in ("num_queries", "group_detr") if getattr(args, name, None)}
+    names = ("num_queries", "group_detr", "gradient_checkpointing")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -184,3 +184,18 @@ def test_dataset_with_other_classes_is_refused(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="build the model with the dataset's classes"):
         Trainer(build_detector(config), config, ClassTable.coco(),
                 TrainConfig(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path), **TINY_TRAIN))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    config = model_config("nano", num_queries=50, group_detr=2)
+    images = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        model = build_detector(config.model_copy(update={"gradient_checkpointing": enabled})).train()
+        out = model(images)
+        (out["pred_logits"].sigmoid().mean() + out["pred_boxes"].mean()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)

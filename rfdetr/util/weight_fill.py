@@ -80,6 +80,11 @@ def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 
 def fill_model_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Load deterministic weights into ``model`` in place and return it."""
-    model.load_state_dict(filled_state_dict(model.state_dict(), seed), strict=True)
+    """Fill every state-dict entry of ``model`` deterministically, in place, and return it.
+
+    One tensor at a time (no second copy of the weights), so peak memory stays at the model's own.
+    """
+    with torch.no_grad():
+        for key, value in model.state_dict(keep_vars=True).items():
+            value.copy_(filled_tensor(seed, key, value))
     return model

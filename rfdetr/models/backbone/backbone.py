@@ -25,6 +25,7 @@ class Backbone(nn.Module):
         self.encoder = DinoV2Backbone(
             spec, config.patch_size, config.positional_encoding_size, config.num_windows, config.out_feature_indexes
         )
+        self.encoder.encoder.gradient_checkpointing = config.gradient_checkpointing
         self.projector = MultiScaleProjector(
             spec.width, len(config.out_feature_indexes), config.hidden_dim, config.projector_scale
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rfdetr.config import EncoderSpec
 
@@ -193,6 +194,9 @@ class WindowedViT(nn.Module):
         self.encoder = LayerStack(spec, num_windows)
         self.layernorm = nn.LayerNorm(spec.width, eps=spec.layer_norm_eps)
         self.out_feature_indexes = list(out_feature_indexes)
+        # Set from ModelConfig.gradient_checkpointing: in training, recompute each block in backward
+        # instead of keeping its activations (less memory, slower steps).
+        self.gradient_checkpointing = False
         # Layers after the last tap (base/large: layer 11) stay in the checkpoint format but never
         # run, so they are frozen: they would never receive a gradient.
         for layer in self.encoder.layer[out_feature_indexes[-1]:]:
@@ -205,7 +209,11 @@ class WindowedViT(nn.Module):
         states = []
         for index in range(taps[-1]):
             # Layer i runs global attention iff i is a tap number (so it directly follows a tap).
-            x = self.encoder.layer[index](x, global_attention=index in taps)
+            block = self.encoder.layer[index]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, index in taps, use_reentrant=False)
+            else:
+                x = block(x, global_attention=index in taps)
             if index + 1 in taps:
                 states.append(self.layernorm(x))
         return states
