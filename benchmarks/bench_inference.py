@@ -8,6 +8,10 @@ For each size at its native resolution: eval mode, batch 1, fp32, ``torch.set_nu
 Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
+Two probes: torch's ``a @ b`` (MKL sgemm on x86: the issue's definition of efficiency) and the same
+product on oneDNN, which the model's linear layers use for CPU inference (rfdetr.models.linear);
+on some CPUs (AMD EPYC) oneDNN runs twice as fast as MKL, so both ratios are reported.
+Set RFDETR_ONEDNN_LINEAR=0 to measure the plain F.linear path.
 Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
 
 Then, for one size (``--predict_size``, default nano), the end-to-end ``predict()`` path on a 1080p
@@ -33,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
+from rfdetr.models.linear import onednn_linear
 from rfdetr.util.weight_fill import fill_model_
 
 # The worker prints its result on one line with this prefix, so stray prints from the model
@@ -64,14 +69,23 @@ def timed_ms(fn, warmup: int, runs: int) -> list[float]:
     return times
 
 
-def matmul_probe_gflops(warmup: int, runs: int) -> float:
-    """fp32 ``a @ b`` rate of this process (GFLOP/s): the practical ceiling for dense compute."""
+def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
+    """fp32 matmul rates of this process (GFLOP/s): torch's ``a @ b`` (the issue's probe) and the
+    same product on oneDNN (what :class:`rfdetr.models.linear.Linear` uses; 0 if unavailable)."""
+    from rfdetr.models.linear import _KERNEL
+
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(PROBE_N, PROBE_N, generator=gen)
     b = torch.randn(PROBE_N, PROBE_N, generator=gen)
     out = torch.empty(PROBE_N, PROBE_N)  # preallocated so allocation is not timed
-    ms = statistics.median(timed_ms(lambda: torch.matmul(a, b, out=out), warmup, runs))
-    return 2 * PROBE_N**3 / 1e9 / (ms / 1e3)
+    rate = lambda ms: 2 * PROBE_N**3 / 1e9 / (ms / 1e3)  # noqa: E731
+    rates = {"torch": rate(statistics.median(timed_ms(lambda: torch.matmul(a, b, out=out), warmup, runs)))}
+    rates["onednn"] = 0.0
+    if _KERNEL is not None:
+        with torch.inference_mode():
+            rates["onednn"] = rate(statistics.median(timed_ms(lambda: _KERNEL(a, b, None, "none", [], ""),
+                                                              warmup, runs)))
+    return rates
 
 
 def worker(size: str, args: argparse.Namespace) -> dict:
@@ -94,7 +108,8 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # The FLOP counter sees aten matmuls only: count with the oneDNN linear path off (same math).
+    with torch.inference_mode(), onednn_linear(False), FlopCounterMode(display=False) as counter:
         model(x)
     gflop = counter.get_total_flops() / 1e9
     del model  # free its memory before the probe; the probe runs with the same thread count
@@ -102,12 +117,14 @@ def worker(size: str, args: argparse.Namespace) -> dict:
 
     median_ms = statistics.median(times)
     achieved = gflop / (median_ms / 1e3)
+    best_probe = max(probe.values())
     return {
         "size": size, "resolution": config.resolution, "threads": torch.get_num_threads(),
         "input": args.input, "warmup": args.warmup, "runs": args.runs,
         "params_m": params / 1e6, "gflop": gflop, "times_ms": times,
         "median_ms": median_ms, "min_ms": min(times), "max_ms": max(times),
-        "achieved_gflops": achieved, "probe_gflops": probe, "efficiency": achieved / probe,
+        "achieved_gflops": achieved, "probe_gflops": probe["torch"], "efficiency": achieved / probe["torch"],
+        "onednn_probe_gflops": probe["onednn"], "efficiency_vs_best": achieved / best_probe,
         # peak includes the interpreter, torch and the transient state-dict copy of fill_model_;
         # rss_before / rss_delta separate the baseline from what the model keeps resident.
         "peak_rss_mb": peak_rss_mb, "rss_before_mb": rss_before / 1e6,
@@ -205,10 +222,12 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 
 def markdown_table(results: list[dict]) -> str:
     header = ["size", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
-              "achieved GFLOP/s", "matmul probe GFLOP/s", "efficiency", "peak RSS (MB)"]
+              "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
+              "vs best probe", "peak RSS (MB)"]
     rows = [[r["size"], str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
+             f"{r['onednn_probe_gflops']:.1f}", f"{r['efficiency_vs_best']:.1%}",
              f"{r['peak_rss_mb']:.0f}"] for r in results]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

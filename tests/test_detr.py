@@ -55,8 +55,13 @@ def test_threshold_and_list_input(coco_nano):
     assert isinstance(batch, list) and len(batch) == 2
     single = coco_nano.predict(photos[1], threshold=0.5)
     assert (batch[1].confidence > 0.5).all()
-    np.testing.assert_allclose(batch[1].confidence, single.confidence, atol=1e-4)
-    np.testing.assert_allclose(batch[1].xyxy, single.xyxy, atol=1e-2)
+    assert len(batch[1]) == len(single)
+    # Batched and single forwards round differently (~1e-6), which may swap near-tied detections:
+    # every single-image detection must have a twin (class, score, box) in the batched result.
+    for box, score, label in zip(single.xyxy, single.confidence, single.class_id):
+        twin = ((batch[1].class_id == label) & (np.abs(batch[1].confidence - score) < 1e-4)
+                & (np.abs(batch[1].xyxy - box).max(axis=1) < 1e-2))
+        assert twin.any(), (box, score, label)
     assert batch[1].xyxy[:, 2].max() <= 600 * 1.1  # original pixels of the 600 px wide photo
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rfdetr.config import EncoderSpec
+from rfdetr.models.linear import Linear
 
 
 class PatchEmbeddings(nn.Module):
@@ -98,9 +99,9 @@ class QueryKeyValue(nn.Module):
     def __init__(self, width: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width)
-        self.value = nn.Linear(width, width)
+        self.query = Linear(width, width)
+        self.key = Linear(width, width)
+        self.value = Linear(width, width)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -118,7 +119,7 @@ class QueryKeyValue(nn.Module):
 class OutputProjection(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.dense = nn.Linear(width, width)
+        self.dense = Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)
@@ -148,8 +149,8 @@ class LayerScale(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
+        self.fc1 = Linear(width, hidden)
+        self.fc2 = Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
