@@ -1,0 +1,175 @@
+"""Instance segmentation as a wrapper around a detector (DETR's ``DETRsegm`` recipe).
+
+The detector knows nothing of masks. :class:`DETRsegm` runs it unchanged, keeps what a mask head
+needs (:class:`MaskContext`) and computes masks only when asked, for chosen (image, query) pairs:
+the matched queries in the loss, the top-k detections in post-processing. Never for all queries.
+
+Two-stage training: ``DETRsegm(detector, freeze_detr=True)`` keeps the detector in eval mode with
+no gradients (its outputs are bit-identical to the bare detector's); ``freeze_detr=False`` trains
+everything at once. State dict: the detector under ``detr.*`` plus ``bbox_attention.*``,
+``image_stem.*`` and ``mask_head.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rfdetr.config import ModelConfig
+from rfdetr.models.lwdetr import LWDETR, build_detector
+from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
+from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
+
+# Mask logits are predicted on the stride-4 grid of the padded input (384 px -> 96 x 96).
+MASK_STRIDE = 4
+
+
+@dataclass
+class MaskContext:
+    """Everything :meth:`DETRsegm.predict_masks` needs, per batch (B images, Q' queries).
+
+    memory ``[B, C, h, w]``: the coarsest projector level; memory_mask ``[B, h, w]`` its padding
+    (True = padding); query_features ``[B, Q', C]``: last decoder layer states, in the order of
+    ``pred_logits``; fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
+    (stride 8 also holds any finer projector level); image_size ``(H, W)`` of the padded batch;
+    image_mask ``[B, H, W]`` its padding.
+    """
+
+    memory: torch.Tensor
+    memory_mask: torch.Tensor
+    query_features: torch.Tensor
+    fine_features: tuple[torch.Tensor, torch.Tensor]
+    image_size: tuple[int, int]
+    image_mask: torch.Tensor
+
+    @property
+    def mask_size(self) -> tuple[int, int]:
+        """``(H4, W4)``: the size of the predicted mask logits."""
+        return tuple(self.fine_features[1].shape[-2:])
+
+
+class DETRsegm(nn.Module):
+    """A detector plus a mask head. See :meth:`forward` and :meth:`predict_masks`."""
+
+    def __init__(self, detr: LWDETR, *, freeze_detr: bool = True, mask_head: Literal["small", "nano"] = "small",
+                 mask_chunk: int = 32):
+        super().__init__()
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"unknown mask_head {mask_head!r}; choose one of {', '.join(MASK_HEADS)}")
+        if mask_chunk < 1:
+            raise ValueError(f"mask_chunk must be >= 1, got {mask_chunk}")
+        self.detr = detr
+        self.freeze_detr = freeze_detr
+        self.mask_chunk = mask_chunk
+        cross_attn = detr.transformer.decoder.layers[0].cross_attn
+        hidden_dim, num_heads = detr.transformer.d_model, cross_attn.n_heads
+        self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, num_heads)
+        self.image_stem = ImageStem()
+        # Projector levels finer than the memory (large: P3) join the stem's stride-8 map.
+        stride8_channels = self.image_stem.out_channels[1] + hidden_dim * (cross_attn.n_levels - 1)
+        fine_channels = (stride8_channels, self.image_stem.out_channels[0])
+        self.mask_head = MASK_HEADS[mask_head](hidden_dim, num_heads, fine_channels)
+        # Bound-method hooks: a deepcopy (EMA) re-binds them to the copy.
+        self._captured: dict | None = None
+        detr.backbone.register_forward_hook(self._record_backbone)
+        detr.transformer.register_forward_hook(self._record_transformer)
+        if freeze_detr:
+            detr.requires_grad_(False)
+            detr.eval()
+
+    @property
+    def num_queries(self) -> int:
+        return self.detr.num_queries
+
+    @property
+    def group_detr(self) -> int:
+        return self.detr.group_detr
+
+    @property
+    def config(self) -> ModelConfig:
+        """The detector's :class:`ModelConfig` (``AttributeError`` if it was built without one)."""
+        return self.detr.config
+
+    def train(self, mode: bool = True) -> "DETRsegm":
+        """Set train/eval mode; a frozen detector always stays in eval mode (group 0, no dropout)."""
+        super().train(mode)
+        if self.freeze_detr:
+            self.detr.eval()
+        return self
+
+    def _record_backbone(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
+        if self._captured is not None:
+            self._captured["levels"], self._captured["masks"] = output
+
+    def _record_transformer(self, module: nn.Module, inputs: tuple, output: dict) -> None:
+        if self._captured is not None:
+            self._captured["hs"] = output["hs"][-1]
+
+    def _run_detector(self, samples: NestedTensor) -> tuple[dict, dict]:
+        self._captured = {}
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):
+                outputs = self.detr(samples)
+            return outputs, self._captured
+        finally:
+            self._captured = None
+
+    def forward(self, samples: NestedTensor | torch.Tensor | Sequence[torch.Tensor]) -> dict:
+        """Run the detector and keep the mask context; masks are computed by :meth:`predict_masks`.
+
+        Returns the detector's outputs unchanged (``pred_logits [B, Q', R]``, ``pred_boxes [B, Q', 4]``,
+        ``aux_outputs``, ``enc_outputs``; ``Q' = num_queries * group_detr`` when the detector trains,
+        ``num_queries`` otherwise, in particular always for a frozen detector) plus
+        ``mask_context``: a :class:`MaskContext` for these images and queries.
+        """
+        samples = nested_tensor_from_images(samples)
+        outputs, captured = self._run_detector(samples)
+        levels, masks = captured["levels"], captured["masks"]
+        stride8, stride4 = self.image_stem(samples.tensors)
+        if len(levels) > 1:
+            finer = [F.interpolate(level, size=stride8.shape[-2:], mode="bilinear", align_corners=False)
+                     for level in levels[:-1]]
+            stride8 = torch.cat([stride8, *finer], dim=1)
+        outputs["mask_context"] = MaskContext(
+            memory=levels[-1],
+            memory_mask=masks[-1],
+            query_features=captured["hs"],
+            fine_features=(stride8, stride4),
+            image_size=tuple(samples.tensors.shape[-2:]),
+            image_mask=samples.mask,
+        )
+        return outputs
+
+    def predict_masks(self, mask_context: MaskContext, batch_index: torch.Tensor,
+                      query_index: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``[N, H4, W4]`` (stride 4 of the padded batch) for queries ``query_index [N]`` of
+        images ``batch_index [N]`` (both int64). Queries go through the head ``mask_chunk`` at a time."""
+        if batch_index.shape != query_index.shape or batch_index.dim() != 1:
+            raise ValueError(f"batch_index {tuple(batch_index.shape)} and query_index {tuple(query_index.shape)} "
+                             "must be 1-D of equal length")
+        context = mask_context
+        if batch_index.numel() == 0:
+            return context.memory.new_zeros((0, *context.mask_size))
+        keys = self.bbox_attention.project_keys(context.memory)
+        prepared = self.mask_head.prepare(context.memory, context.fine_features)
+        queries = context.query_features[batch_index, query_index]
+        logits = []
+        for start in range(0, batch_index.numel(), self.mask_chunk):
+            chunk = slice(start, start + self.mask_chunk)
+            attention = self.bbox_attention.attend(queries[chunk], keys, context.memory_mask, batch_index[chunk])
+            logits.append(self.mask_head(attention, prepared, batch_index[chunk]))
+        return torch.cat(logits)
+
+
+def build_segmentation_model(config: ModelConfig, detector: LWDETR | None = None, *, freeze_detr: bool,
+                             mask_head: str) -> DETRsegm:
+    """Wrap ``detector`` (default: a new one of ``config``'s geometry) in a :class:`DETRsegm`."""
+    if detector is None:
+        detector = build_detector(config)
+    elif detector.transformer.d_model != config.hidden_dim:
+        raise ValueError(f"detector hidden_dim {detector.transformer.d_model} != config {config.hidden_dim}")
+    return DETRsegm(detector, freeze_detr=freeze_detr, mask_head=mask_head)
