@@ -24,7 +24,9 @@ from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_
 from rfdetr.classes import ClassTable
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig, model_config
 from rfdetr.inference import prepare_batch, to_detections
-from rfdetr.models import PostProcess, build_detector
+from rfdetr.models import DETRsegm, PostProcess, build_detector
+from rfdetr.models.mask_postprocess import PostProcessMasks
+from rfdetr.training.segmentation import default_mask_head, detector_state
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ class RFDETR:
 
     def __init__(self, size: str | None = None, *, pretrain_weights: Any = _DEFAULT, num_classes: int | None = None,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
-                 pretrain_exclude_keys: Sequence[str] = (), **config_overrides: Any):
+                 pretrain_exclude_keys: Sequence[str] = (), masks: bool | None = None, mask_head: str | None = None,
+                 **config_overrides: Any):
         size = size or self.size
         # Remembered so that train() can rebuild the heads for a dataset's classes from the same weights.
         self._init_arguments = dict(size=size, pretrain_weights=pretrain_weights, device=device,
@@ -76,14 +79,22 @@ class RFDETR:
         self.config: ModelConfig = model_config(size, num_classes=self.classes.num_rows - 1,
                                                 pretrain_weights=None if pretrain_weights is None
                                                 else os.fspath(pretrain_weights), **{**saved, **config_overrides})
-        self.model = build_detector(self.config)
+        detector = build_detector(self.config)
         if checkpoint is not None:
             exclude = list(pretrain_exclude_keys) + ([] if keep_heads else list(CLASS_HEAD_PATTERNS))
-            load_state_dict(self.model, checkpoint["model"], exclude=exclude, source=str(pretrain_weights),
-                            size=checkpoint_size(checkpoint))
+            load_state_dict(detector, detector_state(checkpoint["model"]), exclude=exclude,
+                            source=str(pretrain_weights), size=checkpoint_size(checkpoint))
+        stored_masks = (checkpoint or {}).get("masks") or {}
+        self.masks = bool(stored_masks) if masks is None else masks
+        self.model = detector
+        if self.masks:  # a detector wrapped with its mask head (a stage-2 / single-stage checkpoint)
+            head = mask_head or stored_masks.get("mask_head") or default_mask_head(size)
+            self.model = DETRsegm(detector, freeze_detr=True, mask_head=head)
+            _load_mask_head(self.model, checkpoint, pretrain_weights)
         self.device = torch.device(device) if device is not None else default_device()
         self.model.to(self.device).eval()
         self.postprocess = PostProcess(self.config.num_select)
+        self.postprocess_masks = PostProcessMasks(self.config.num_select, max_masks=None)
 
     @property
     def class_names(self) -> dict[int, str]:
@@ -100,7 +111,12 @@ class RFDETR:
         """
         batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
         self.model.eval()
-        results = self.postprocess(self.model(batch), sizes, class_rows=self.classes.class_rows)
+        outputs = self.model(batch)
+        if self.masks:  # masks only for the detections above the threshold
+            results = self.postprocess_masks(outputs, sizes, self.model, self.classes.class_rows,
+                                             score_threshold=threshold)
+        else:
+            results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)
         detections = to_detections(results, threshold, self.class_names)
         return detections if is_list else detections[0]
 
@@ -140,6 +156,19 @@ class RFDETR:
 
         return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
                            verify=verify)
+
+
+def _load_mask_head(model: DETRsegm, checkpoint: dict | None, source: Any) -> None:
+    """The mask-head tensors of ``checkpoint`` into ``model`` (all of them, or none: a new head)."""
+    state = {k: v for k, v in (checkpoint or {}).get("model", {}).items() if not k.startswith("detr.")}
+    if not state:
+        logger.warning("%s has no mask head: the mask head is randomly initialised (train it with "
+                       "train_seg_stage2.py)", source if checkpoint is not None else "no checkpoint")
+        return
+    result = model.load_state_dict({f"detr.{k}": v for k, v in model.detr.state_dict().items()} | state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{source}: the mask head does not match (missing {result.missing_keys[:5]}, "
+                              f"unexpected {result.unexpected_keys[:5]}); pass mask_head= as it was trained")
 
 
 def _read_weights(pretrain_weights: str | os.PathLike) -> dict:

@@ -29,8 +29,10 @@ def to_detections(results: list[dict[str, torch.Tensor]], threshold: float, clas
     for result in results:
         keep = result["scores"] > threshold
         labels = result["labels"][keep].cpu().numpy().astype(int)
+        masks = result.get("masks")
         detections.append(sv.Detections(
             xyxy=result["boxes"][keep].float().cpu().numpy().astype(np.float32),
+            mask=None if masks is None else masks[keep[:len(masks)]].cpu().numpy().astype(bool),
             confidence=result["scores"][keep].float().cpu().numpy(),
             class_id=labels,
             data={"class_name": np.array([class_names[int(label)] for label in labels], dtype=str)},

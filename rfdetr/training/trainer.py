@@ -80,8 +80,13 @@ class Trainer:
     """Trains ``model`` (a detector, or a detector with a mask head) on a COCO-format dataset."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, classes: ClassTable, config: TrainConfig, *,
-                 criterion: nn.Module | None = None, masks: bool = False, select_on: str = "bbox"):
+                 criterion: nn.Module | None = None, masks: bool = False, select_on: str = "bbox",
+                 checkpoint_extra: dict | None = None):
+        """criterion: default the detection criterion of ``model_config``; masks: load target masks and
+        evaluate ``segm`` too; select_on: the COCO iou type whose AP picks the best checkpoint and
+        drives early stopping; checkpoint_extra: stored in every checkpoint (e.g. the mask head)."""
         self.config = config
+        self.checkpoint_extra = dict(checkpoint_extra or {})
         self.model_config = model_config
         self.classes = classes
         self.masks = masks
@@ -93,6 +98,8 @@ class Trainer:
         if self.resolution % model_config.block_size:
             raise ValueError(f"resolution {self.resolution} must be a multiple of {model_config.block_size} "
                              f"(patch_size x num_windows) for {model_config.size}")
+        # Checkpoints record the resolution the model was trained at: predict() and export use it.
+        self.model_config = model_config = model_config.model_copy(update={"resolution": self.resolution})
         seed_everything(config.seed + dist.rank())
         self.datasets = self._build_datasets()
         self.model = model.to(self.device)
@@ -238,7 +245,13 @@ class Trainer:
         dataset = self.datasets[split]
         iou_types = ("bbox", "segm") if self.masks else ("bbox",)
         evaluator = CocoEvaluator(dataset.coco, self.classes, iou_types)
-        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=self.postprocess,
+        postprocess = self.postprocess
+        if self.masks:  # masks are predicted by the evaluated model itself (regular or EMA)
+            from rfdetr.models.mask_postprocess import PostProcessMasks
+
+            masks = PostProcessMasks(self.model_config.num_select)
+            postprocess = lambda outputs, sizes, class_rows: masks(outputs, sizes, model, class_rows)  # noqa: E731
+        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=postprocess,
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
                         autocast=self.autocast, progress_bar=self.config.progress_bar, desc=desc or split)
 
@@ -249,7 +262,7 @@ class Trainer:
     # ---- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self, weights: nn.Module, epoch: int, *, full: bool, **extra) -> dict:
         content = make_checkpoint(weights, self.model_config, self.classes, epoch=epoch,
-                                  train_config=self.config.model_dump(), **extra)
+                                  train_config=self.config.model_dump(), **self.checkpoint_extra, **extra)
         if full:
             content.update(optimizer=self.optimizer.state_dict(), lr_scheduler=self.scheduler.state_dict(),
                            scaler=self.scaler.state_dict() if self.scaler else None,
@@ -307,7 +320,8 @@ class Trainer:
         if self.best_epoch[kind] is None:
             return
         best = dist.broadcast_object(read_checkpoint(source) if dist.is_main_process() else None)
-        total = {k: best[k] for k in ("model", "config", "classes", "rfdetr_version", "epoch", "metrics") if k in best}
+        kept = ("model", "config", "classes", "rfdetr_version", "epoch", "metrics", *self.checkpoint_extra)
+        total = {k: best[k] for k in kept if k in best}
         test = None
         if "test" in self.datasets:
             unwrap(self.model).load_state_dict(best["model"])
