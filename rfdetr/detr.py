@@ -147,7 +147,8 @@ class RFDETR:
 
     def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
                verify: bool = True):
-        """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``).
+        """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``,
+        and ``masks``, ``mask_queries`` for a model with a mask head).
 
         With ``verify`` the exported model is run with ONNX Runtime on a real photo and compared with
         PyTorch (max |logit difference| <= 1e-4). Returns the path.

@@ -2,6 +2,9 @@
 
 The exported graph takes ``images [B, 3, R, R]`` (normalised, as :func:`rfdetr.preprocess.preprocess`
 makes them) and returns ``boxes [B, Q, 4]`` (normalised cx, cy, w, h) and ``logits [B, Q, rows]``.
+A model with a mask head also returns ``masks [B, K, R/4, R/4]`` (logits) for the ``K`` queries with
+the highest class score, and their indices ``mask_queries [B, K]``: every detection among the top
+``K`` (query, class) pairs has its query among them, so predict() pastes masks for those.
 The class table, resolution and size are stored in the model's metadata, so an exported file is
 enough to predict: ``ONNXDetector("output/inference_model.onnx").predict(image)``.
 """
@@ -33,16 +36,33 @@ OUTPUT_NAMES = ["boxes", "logits"]
 VERIFY_LOGITS_ATOL = 1e-4
 
 
-class _ExportForward(nn.Module):
-    """The detector as a plain tensor function: images -> (boxes, logits) of the last decoder layer."""
+MASK_OUTPUT_NAMES = ["masks", "mask_queries"]
+MASK_QUERIES = 100  # what COCO evaluates (maxDets 100)
 
-    def __init__(self, detector: nn.Module):
+
+class _ExportForward(nn.Module):
+    """The detector as a plain tensor function: images -> (boxes, logits) of the last decoder layer,
+    plus (masks, mask_queries) for a model with a mask head."""
+
+    def __init__(self, detector: nn.Module, class_rows: list[int], mask_queries: int = MASK_QUERIES):
         super().__init__()
         self.detector = detector
+        self.register_buffer("class_rows", torch.tensor(class_rows, dtype=torch.long), persistent=False)
+        self.mask_queries = mask_queries
+        self.masks = hasattr(detector, "predict_masks")
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.detector(images)
-        return outputs["pred_boxes"], outputs["pred_logits"]
+        boxes, logits = outputs["pred_boxes"], outputs["pred_logits"]
+        if not self.masks:
+            return boxes, logits
+        batch, queries = logits.shape[:2]
+        k = min(self.mask_queries, queries)
+        best = logits.index_select(-1, self.class_rows).amax(-1)  # sigmoid is monotonic
+        top = best.topk(k, dim=1).indices
+        image_index = torch.arange(batch, device=images.device)[:, None].expand(batch, k).reshape(-1)
+        masks = self.detector.predict_masks(outputs["mask_context"], image_index, top.reshape(-1))
+        return boxes, logits, masks.view(batch, k, *masks.shape[-2:]), top
 
 
 def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, output_dir: str | os.PathLike, *,
@@ -55,15 +75,17 @@ def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, o
     side = config.resolution
     # Work on a CPU copy: no aux outputs, position table precomputed for the export grid.
     model = copy.deepcopy(detector).cpu().float().eval()
-    model.aux_loss = False
+    inner = getattr(model, "detr", model)  # the detector inside a mask model
+    inner.aux_loss = False
     grid = side // config.patch_size
-    model.backbone[0].encoder.encoder.embeddings.bake_position_table(grid, grid)
-    wrapper = _ExportForward(model).eval()
+    inner.backbone[0].encoder.encoder.embeddings.bake_position_table(grid, grid)
+    wrapper = _ExportForward(model, classes.class_rows).eval()
+    output_names = OUTPUT_NAMES + (MASK_OUTPUT_NAMES if wrapper.masks else [])
     example = torch.zeros(batch_size, 3, side, side)
     temporary = output.with_suffix(".onnx.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints derived from shapes
-        torch.onnx.export(wrapper, (example,), str(temporary), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+        torch.onnx.export(wrapper, (example,), str(temporary), input_names=INPUT_NAMES, output_names=output_names,
                           opset_version=opset, dynamo=False)
     proto = onnx.load(str(temporary))
     metadata = {"rfdetr_size": config.size, "rfdetr_resolution": str(side),
@@ -89,9 +111,16 @@ def verify_onnx(path: Path, wrapper: nn.Module, side: int, batch_size: int = 1) 
 
     images = preprocess(skimage.data.astronaut(), side)[None].repeat(batch_size, 1, 1, 1)
     with torch.no_grad():
-        _, reference = wrapper(images)
-    _, logits = _session(path).run(OUTPUT_NAMES, {"images": images.numpy()})
-    difference = float(np.abs(logits - reference.numpy()).max())
+        reference = wrapper(images)
+    session = _session(path)
+    outputs = session.run([o.name for o in session.get_outputs()], {"images": images.numpy()})
+    difference = float(np.abs(outputs[1] - reference[1].numpy()).max())
+    if len(outputs) == 4:  # masks: compare the logits of the same queries
+        if not np.array_equal(outputs[3], reference[3].numpy()):
+            raise RuntimeError(f"exported model {path} selects other mask queries than PyTorch")
+        mask_difference = float(np.abs(outputs[2] - reference[2].numpy()).max())
+        logger.info("ONNX Runtime vs PyTorch: max |mask logit difference| %.2e", mask_difference)
+        difference = max(difference, mask_difference)
     if difference > VERIFY_LOGITS_ATOL:
         raise RuntimeError(f"exported model {path} disagrees with PyTorch: max |logit difference| {difference:.2e}")
     return difference
@@ -126,18 +155,39 @@ class ONNXDetector:
         return {entry.label: entry.name for entry in self.classes.entries}
 
     def predict(self, images: Any, threshold: float = 0.5):
-        """``supervision.Detections`` for one image, or a list of them for a list input."""
+        """``supervision.Detections`` for one image, or a list of them for a list input (with ``mask``
+        for an exported mask model: detections whose query has no exported mask are left out)."""
         batch, sizes, is_list = prepare_batch(images, self.resolution)
-        boxes, logits = [], []
+        names = [output.name for output in self.session.get_outputs()]
         step = self.batch_size if isinstance(self.batch_size, int) else len(batch)
+        collected: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(batch), step):
             chunk = batch[start:start + step].numpy()
             if len(chunk) < step:  # a fixed-batch graph: pad the last chunk
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-            out_boxes, out_logits = self.session.run(OUTPUT_NAMES, {"images": chunk})
-            boxes.append(torch.from_numpy(out_boxes))
-            logits.append(torch.from_numpy(out_logits))
-        outputs = {"pred_boxes": torch.cat(boxes)[:len(batch)], "pred_logits": torch.cat(logits)[:len(batch)]}
-        results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)
+            for store, value in zip(collected, self.session.run(names, {"images": chunk})):
+                store.append(value)
+        outputs = {name: torch.from_numpy(np.concatenate(values))[:len(batch)] for name, values in zip(names, collected)}
+        detector_outputs = {"pred_boxes": outputs["boxes"], "pred_logits": outputs["logits"]}
+        results = self.postprocess(detector_outputs, sizes, class_rows=self.classes.class_rows)
+        if "masks" in outputs:
+            results = self._with_masks(results, outputs, sizes, threshold)
         detections = to_detections(results, threshold, self.class_names)
         return detections if is_list else detections[0]
+
+    def _with_masks(self, results: list[dict], outputs: dict, sizes: torch.Tensor, threshold: float) -> list[dict]:
+        from rfdetr.models.mask_postprocess import paste_masks, top_queries
+
+        queries = top_queries(outputs["logits"], self.postprocess.num_select, self.classes.class_rows)
+        kept = []
+        for image, result in enumerate(results):
+            count = int((result["scores"] > threshold).sum())  # scores are sorted
+            exported = outputs["mask_queries"][image].tolist()
+            position = {query: index for index, query in enumerate(exported)}
+            rows = [position.get(int(q), -1) for q in queries[image, :count]]
+            count = next((i for i, row in enumerate(rows) if row < 0), count)  # a prefix with masks
+            trimmed = {key: value[:count] for key, value in result.items()}
+            logits = outputs["masks"][image][torch.tensor(rows[:count], dtype=torch.long)]
+            trimmed["masks"] = paste_masks(logits, torch.ones(2), sizes[image].tolist())
+            kept.append(trimmed)
+        return kept
