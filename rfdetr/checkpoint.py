@@ -14,6 +14,7 @@ import fnmatch
 import logging
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -122,6 +123,7 @@ class LoadReport:
     loaded: int = 0
     rebuilt_heads: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    dropped_groups: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
 
@@ -144,7 +146,10 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
             report.excluded.append(key)
             continue
         if key not in own:
-            report.unexpected.append(key)
+            if _is_extra_group_head(key, own):
+                report.dropped_groups.append(key)  # the model trains fewer query groups than the file
+            else:
+                report.unexpected.append(key)
             continue
         if key.endswith(("refpoint_embed.weight", "query_feat.weight")) and tensor.shape[0] > own[key].shape[0]:
             tensor = tensor[: own[key].shape[0]]
@@ -177,6 +182,16 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
     return report
 
 
+_GROUP_HEAD = re.compile(r"^(transformer\.enc_(?:output|output_norm|out_bbox_embed|out_class_embed))\.(\d+)\.")
+
+
+def _is_extra_group_head(key: str, own: Mapping[str, torch.Tensor]) -> bool:
+    """A two-stage head of a query group the model does not have (its group_detr is smaller)."""
+    match = _GROUP_HEAD.match(key)
+    return bool(match) and not any(k.startswith(f"{match.group(1)}.{match.group(2)}.") for k in own) and any(
+        k.startswith(f"{match.group(1)}.0.") for k in own)
+
+
 def _is_excluded(key: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
 
@@ -187,6 +202,9 @@ def _log_report(report: LoadReport, source: str) -> None:
         logger.info("class heads re-initialised for the new class count: %d tensors", len(report.rebuilt_heads))
     if report.excluded:
         logger.info("excluded by pattern (kept as initialised): %d tensors", len(report.excluded))
+    if report.dropped_groups:
+        logger.info("two-stage heads of query groups this model does not train, not loaded: %d tensors",
+                    len(report.dropped_groups))
     if report.missing:
         logger.warning("missing in %s (kept as initialised): %s", source, report.missing[:10])
     if report.unexpected:

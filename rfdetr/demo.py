@@ -5,13 +5,15 @@
 2. The user API: write the filled nano weights as a checkpoint, load it with
    ``RFDETRNano(pretrain_weights=...)``, ``predict()`` a photo, draw the detections with
    supervision's annotators into ``demo_output/``; export to ONNX and predict with ONNX Runtime.
-3. Stage 1 on embedded data: generate the synthetic COCO set, lint it with ``validate_setup.py``,
-   train a small random-init nano (128 px, 20 queries) with ``train_detector_stage1.py``, then
-   predict the held-out test images with the trained checkpoint and draw them.
+3. Both stages on embedded data: generate the synthetic COCO set, lint it with ``validate_setup.py``,
+   train a small random-init nano (128 px, 20 queries) with ``train_detector_stage1.py``, show
+   ``shrink_head.py`` on the COCO-table checkpoint, train the mask head on the frozen detector with
+   ``train_seg_stage2.py``, predict the held-out test images with masks, draw them and print box and
+   mask AP.
 
 Filled weights are not trained weights: the boxes of parts 1-2 are not meaningful, the pipeline is.
 
-    python -m rfdetr.demo [--sizes nano small] [--threads 2] [--output_dir demo_output] [--epochs 30]
+    python -m rfdetr.demo [--sizes nano small] [--threads 2] [--output_dir demo_output] [--epochs 30] [--mask_epochs 10]
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def annotate(photo: np.ndarray, detections, path: Path) -> None:
     import supervision as sv
 
     labels = [f"{name} {score:.2f}" for name, score in zip(detections.data["class_name"], detections.confidence)]
-    image = sv.BoxAnnotator(thickness=2).annotate(photo.copy(), detections)
+    image = photo.copy()
+    if detections.mask is not None:
+        image = sv.MaskAnnotator(opacity=0.45).annotate(image, detections)
+    image = sv.BoxAnnotator(thickness=2).annotate(image, detections)
     image = sv.LabelAnnotator(text_scale=0.4).annotate(image, detections, labels=labels)
     Image.fromarray(image).save(path)
 
@@ -91,40 +96,54 @@ def wrapper_pipeline(output_dir: Path, photo: np.ndarray) -> None:
           f"{len(runtime_detections)} detections")
 
 
-def training_pipeline(output_dir: Path, epochs: int) -> None:
+def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
+    """Synthetic data -> validate_setup -> stage 1 -> shrink_head demo -> stage 2 -> masks on held-out images."""
     import shutil
 
+    import shrink_head
     import train_detector_stage1
+    import train_seg_stage2
     import validate_setup
     from rfdetr import RFDETRNano
     from rfdetr.datasets import make_synthetic_coco
 
-    data = output_dir / "synthetic"
-    run = output_dir / "detector_run"
-    shutil.rmtree(data, ignore_errors=True)
-    shutil.rmtree(run, ignore_errors=True)
+    data, detector_run, mask_run = output_dir / "synthetic", output_dir / "detector_run", output_dir / "mask_run"
+    for folder in (data, detector_run, mask_run):
+        shutil.rmtree(folder, ignore_errors=True)
     make_synthetic_coco(data, seed=0, num_train=48, num_valid=8, num_test=8, image_size=(128, 128))
     print(f"\nSynthetic COCO dataset: {data} (train 48, valid 8, test 8 images)\n")
-    if validate_setup.main(["--dataset_dir", str(data), "--skip_env"]) != 0:
-        raise SystemExit("the synthetic dataset did not pass validate_setup.py")
-    code = train_detector_stage1.main([
-        "--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), "--output_dir", str(run),
-        "--epochs", str(epochs), "--batch", "4", "--accum", "1", "--resolution", "128", "--num_queries", "20",
-        "--group_detr", "1", "--lr", "1e-3", "--lr_encoder", "1e-3", "--multi_scale", "0", "--workers", "0",
-        "--device", "cpu"])
-    if code != 0:
-        raise SystemExit(f"train_detector_stage1.py failed with exit code {code}")
-    results = json.loads((run / "results.json").read_text())
-    model = RFDETRNano(pretrain_weights=run / "checkpoint_best_total.pth", device="cpu")
+    _run("validate_setup.py", validate_setup.main(["--dataset_dir", str(data), "--skip_env", "--stage", "2"]))
+    quick = ["--dataset_dir", str(data), "--batch", "4", "--accum", "1", "--resolution", "128", "--multi_scale", "0",
+             "--workers", "0", "--device", "cpu"]
+    _run("train_detector_stage1.py", train_detector_stage1.main([
+        "--size", "nano", "--pretrain_weights", "none", "--output_dir", str(detector_run), "--epochs", str(epochs),
+        "--num_queries", "20", "--group_detr", "1", "--lr", "1e-3", "--lr_encoder", "1e-3", *quick]))
+    print("\nshrink_head.py on the COCO-table checkpoint (keeps person and dog in every class head):")
+    _run("shrink_head.py", shrink_head.main(["--in_ckpt", str(output_dir / "rf-detr-nano-filled.pth"),
+                                             "--out_ckpt", str(output_dir / "nano-person-dog.pth"),
+                                             "--keep", "person", "dog"]))
+    _run("train_seg_stage2.py", train_seg_stage2.main([
+        "--size", "nano", "--stage1_run", str(detector_run), "--output_dir", str(mask_run),
+        "--epochs", str(mask_epochs), "--seg_lr", "1e-3", *quick]))
+    model = RFDETRNano(pretrain_weights=mask_run / "checkpoint_best_total.pth", device="cpu")
     test_images = sorted((data / "test").glob("*.jpg"))[:4]
-    detections = model.predict([str(p) for p in test_images], threshold=0.5)
     tiles = []
-    for path, found in zip(test_images, detections):
-        tile = output_dir / f"stage1_{path.stem}.png"
-        annotate(np.asarray(Image.open(path).convert("RGB")), found, tile)
-        tiles.append(tile)
-    print(f"\nStage 1 (random init, {epochs} epochs at 128 px): best epoch {results.get('epoch')}, "
-          f"valid bbox AP50 {results['map']:.3f}; held-out test images annotated: {', '.join(map(str, tiles))}")
+    for path, found in zip(test_images, model.predict([str(p) for p in test_images], threshold=0.5)):
+        tiles.append(output_dir / f"masks_{path.stem}.png")
+        annotate(np.asarray(Image.open(path).convert("RGB")), found, tiles[-1])
+    print(f"\nheld-out test images with boxes and masks: {', '.join(map(str, tiles))}\n")
+    print("| run | split | bbox AP | bbox AP50 | segm AP | segm AP50 |\n|---|---|---|---|---|---|")
+    for name, run in (("stage 1 (detector)", detector_run), ("stage 2 (masks)", mask_run)):
+        checkpoint = torch.load(run / "checkpoint_best_total.pth", map_location="cpu", weights_only=False)
+        for split, metrics in (("valid", checkpoint.get("metrics")), ("test", checkpoint.get("test_metrics"))):
+            bbox, segm = (metrics or {}).get("bbox") or {}, (metrics or {}).get("segm") or {}
+            print(f"| {name} | {split} | {bbox.get('ap', 0):.3f} | {bbox.get('ap50', 0):.3f} | "
+                  f"{segm.get('ap', float('nan')):.3f} | {segm.get('ap50', float('nan')):.3f} |")
+
+
+def _run(script: str, code: int) -> None:
+    if code != 0:
+        raise SystemExit(f"{script} failed with exit code {code}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per size (median reported)")
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where images and files go")
     parser.add_argument("--epochs", type=int, default=30, help="stage-1 epochs on the synthetic set")
+    parser.add_argument("--mask_epochs", type=int, default=10, help="stage-2 epochs on the synthetic set")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -143,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     model_table(args.sizes, photo, args.repeats)
     wrapper_pipeline(args.output_dir, photo)
     print("\nFilled weights are deterministic, not trained: the detections above show the pipeline, not accuracy.")
-    training_pipeline(args.output_dir, args.epochs)
+    training_pipeline(args.output_dir, args.epochs, args.mask_epochs)
 
 
 if __name__ == "__main__":

@@ -128,8 +128,8 @@ def find_stage1_checkpoint(run_dir: str | os.PathLike) -> Path:
     for name in STAGE1_CHECKPOINT_NAMES:
         if (run_dir / name).is_file():
             return run_dir / name
-    raise FileNotFoundError(f"{run_dir} holds no detector checkpoint (looked for {', '.join(STAGE1_CHECKPOINT_NAMES)}); "
-                            "pass the file with --checkpoint")
+    raise FileNotFoundError(f"{run_dir} holds no detector checkpoint (looked for "
+                            f"{', '.join(STAGE1_CHECKPOINT_NAMES)}); pass the file with --checkpoint")
 
 
 def load_stage2_detector(checkpoint: str | os.PathLike, dataset_dir: str, size: str | None = None):
