@@ -129,7 +129,12 @@ def verify_onnx(path: Path, wrapper: nn.Module, side: int, batch_size: int = 1) 
 def _session(path: Path, providers: list[str] | None = None):
     import onnxruntime
 
-    return onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    # As many threads as torch, and no spin-waiting after a run: between two runs, predict()
+    # decodes and resizes the next image on the same cores (measured: 8% faster predict()).
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 
 class ONNXDetector:
