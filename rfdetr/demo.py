@@ -13,7 +13,7 @@
 
 Filled weights are not trained weights: the boxes of parts 1-2 are not meaningful, the pipeline is.
 
-    python -m rfdetr.demo [--sizes nano small] [--threads 2] [--output_dir demo_output] [--epochs 60] [--mask_epochs 10]
+    python -m rfdetr.demo [--sizes nano small] [--threads 2] [--output_dir demo_output] [--epochs 60] [--mask_epochs 30]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
     model = RFDETRNano(pretrain_weights=mask_run / "checkpoint_best_total.pth", device="cpu")
     test_images = sorted((data / "test").glob("*.jpg"))[:4]
     tiles = []
-    for path, found in zip(test_images, model.predict([str(p) for p in test_images], threshold=0.5)):
+    for path, found in zip(test_images, model.predict([str(p) for p in test_images], threshold=0.3)):
         tiles.append(output_dir / f"masks_{path.stem}.png")
         annotate(np.asarray(Image.open(path).convert("RGB")), found, tiles[-1])
     print(f"\nheld-out test images with boxes and masks: {', '.join(map(str, tiles))}\n")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per size (median reported)")
     parser.add_argument("--output_dir", type=Path, default=Path("demo_output"), help="where images and files go")
     parser.add_argument("--epochs", type=int, default=60, help="stage-1 epochs on the synthetic set")
-    parser.add_argument("--mask_epochs", type=int, default=10, help="stage-2 epochs on the synthetic set")
+    parser.add_argument("--mask_epochs", type=int, default=30, help="stage-2 epochs on the synthetic set")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from rfdetr.config import TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
@@ -54,13 +55,25 @@ def test_stage2_mask_head_on_the_frozen_detector_learns_masks(fitted):
 
     root, data, _, _ = fitted
     stage1 = root / "stage1" / "checkpoint_best_total.pth"
-    train = TrainConfig(dataset_dir=str(data), output_dir=str(root / "stage2"), epochs=8, lr=1e-3, **QUICK)
+    train = TrainConfig(dataset_dir=str(data), output_dir=str(root / "stage2"), epochs=20, lr=1e-3, **QUICK)
     result = train_stage2(stage1, train)
     segm = [record["valid_segm_AP50"] for record in result.history]
     assert max(segm) >= 0.5, segm
     bbox = {round(record["valid_bbox_AP50"], 6) for record in result.history}
     assert len(bbox) == 1  # the frozen detector's boxes never change
     model = RFDETRNano(pretrain_weights=root / "stage2" / "checkpoint_best_total.pth", device="cpu")
-    detections = model.predict(str(sorted((data / "valid").glob("*.jpg"))[0]), threshold=0.3)
+    paths = sorted((data / "valid").glob("*.jpg"))
+    detections = model.predict(str(paths[0]), threshold=0.3)
     assert model.masks and detections.mask is not None
     assert detections.mask.shape == (len(detections), 128, 128) and detections.mask.any()
+    # Each detection gets its own object's mask, not one foreground mask per image.
+    separate_pairs = 0
+    for found in model.predict([str(p) for p in paths], threshold=0.3):
+        boxes_iou = box_iou(torch.from_numpy(found.xyxy), torch.from_numpy(found.xyxy))
+        masks = torch.from_numpy(found.mask).flatten(1).float()
+        overlap = masks @ masks.T
+        masks_iou = overlap / (masks.sum(1)[:, None] + masks.sum(1)[None] - overlap).clamp(min=1)
+        disjoint = boxes_iou == 0
+        separate_pairs += int(disjoint.sum())
+        assert (masks_iou[disjoint] < 0.2).all(), masks_iou[disjoint]
+    assert separate_pairs > 0

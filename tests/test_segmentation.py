@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
-from rfdetr.models.mask_heads import MHAttentionMap, MaskHeadNano, MaskHeadSmallConv
+from rfdetr.models.mask_heads import MHAttentionMap, MaskHeadNano, MaskHeadSmallConv, box_coverage
 from rfdetr.models.segmentation import DETRsegm, MaskContext, build_segmentation_model
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 from rfdetr.util.weight_fill import fill_model_
@@ -155,7 +155,9 @@ def test_state_dict_prefixes_and_strict_loading_of_a_detector_checkpoint():
 
 def _head_flops(head: torch.nn.Module, memory, attention, fine) -> int:
     with FlopCounterMode(display=False) as counter:
-        head(attention, head.prepare(memory, fine), torch.zeros(attention.shape[0], dtype=torch.long))
+        count = attention.shape[0]
+        boxes = torch.tensor([0.5, 0.5, 0.3, 0.4]).expand(count, 4)
+        head(attention, head.prepare(memory, fine), torch.zeros(count, dtype=torch.long), boxes, torch.ones(count, 2))
     return counter.get_total_flops()
 
 
@@ -197,6 +199,37 @@ def test_masks_do_not_depend_on_the_other_images_of_the_batch():
         masks_alone = model.predict_masks(alone["mask_context"], *pairs)
     torch.testing.assert_close(alone["pred_boxes"][0], together["pred_boxes"][0], atol=1e-5, rtol=0)
     torch.testing.assert_close(masks_alone, masks_together, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("head", ["small", "nano"])
+def test_the_query_steers_the_mask_from_the_start(head):
+    """Different queries of one image get clearly different masks from a freshly built head.
+
+    Regression: the raw attention maps (softmax over heads x positions, ~1e-4 each) were ~5000x
+    smaller than the memory term of the first conv, so every query got the same mask and training
+    converged to one foreground mask per image.
+    """
+    torch.manual_seed(0)
+    model = DETRsegm(filled_nano(), mask_head=head).eval()
+    with torch.no_grad():
+        context = model(images(batch=1, side=256))["mask_context"]
+        logits = model.predict_masks(context, *indices(*((0, q) for q in range(8))))
+    spread_between_queries = (logits - logits.mean(0)).abs().mean()
+    spread_within_a_mask = (logits - logits.mean((1, 2), keepdim=True)).abs().mean()
+    assert spread_between_queries > 0.03 * spread_within_a_mask, (spread_between_queries, spread_within_a_mask)
+
+
+def test_box_coverage_is_the_covered_share_of_each_cell_on_the_padded_canvas():
+    # Left half of a full-canvas image on a 2 x 4 grid: columns 0-1 fully covered.
+    full = box_coverage(torch.tensor([[0.25, 0.5, 0.5, 1.0]]), torch.ones(1, 2), (2, 4))
+    torch.testing.assert_close(full[0, 0], torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2))
+    # A box smaller than a cell still shows, with its area share: 0.1 x 0.1 of a 0.25 x 0.5 cell.
+    small = box_coverage(torch.tensor([[0.6, 0.2, 0.1, 0.1]]), torch.ones(1, 2), (2, 4))
+    assert small.sum().item() == pytest.approx(0.01 / (0.25 * 0.5))
+    assert small[0, 0, 0, 2] > 0 and small[0, 0, 1].sum() == 0
+    # The image fills the top-left half of the canvas in width: a whole-image box covers that half.
+    padded = box_coverage(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), torch.tensor([[1.0, 0.5]]), (2, 4))
+    torch.testing.assert_close(padded[0, 0], torch.tensor([[1.0, 1.0, 0.0, 0.0]] * 2))
 
 
 def test_attention_maps_softmax_over_heads_and_positions_and_ignore_padding():

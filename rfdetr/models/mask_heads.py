@@ -108,13 +108,34 @@ class ImageStem(nn.Module):
         return maps[2], maps[1]
 
 
-class ConvMaskHead(nn.Module):
-    """DETR-style conv mask head; per query: ``[memory, attention maps]`` -> logits at stride 4.
+def box_coverage(boxes: torch.Tensor, fractions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The share of each grid cell that a box covers: ``[N, 1, h, w]`` in [0, 1].
 
-    lay1 (C + heads -> w1) and lay2 (-> w2) at the memory grid; upsample (bilinear) to the stride-8
-    grid + adapter1(stride-8 features), lay3 (-> w3); upsample to stride 4 + adapter2(stride-4
-    features), lay4 (-> w4); out_lay (-> 1). Every conv is 3x3 + GroupNorm + ReLU except the
-    1x1 adapters and out_lay.
+    boxes ``[N, 4]``: (cx, cy, w, h) normalised to each image (the detector's ``pred_boxes``);
+    fractions ``[N, 2]``: (height, width) share of the padded canvas that the image fills (top-left);
+    size: (h, w) of a grid over the whole canvas. Exact areas, so a box smaller than a cell still shows.
+    """
+    def coverage(low: torch.Tensor, high: torch.Tensor, cells: int) -> torch.Tensor:  # [N] -> [N, cells]
+        edges = torch.arange(cells + 1, device=boxes.device, dtype=boxes.dtype) / cells
+        overlap = torch.minimum(high[:, None], edges[None, 1:]) - torch.maximum(low[:, None], edges[None, :-1])
+        return overlap.clamp(min=0) * cells
+
+    cx, cy, width, height = boxes.unbind(-1)
+    along_y = coverage((cy - height / 2) * fractions[:, 0], (cy + height / 2) * fractions[:, 0], size[0])
+    along_x = coverage((cx - width / 2) * fractions[:, 1], (cx + width / 2) * fractions[:, 1], size[1])
+    return (along_y[:, :, None] * along_x[:, None, :])[:, None]
+
+
+class ConvMaskHead(nn.Module):
+    """DETR-style conv mask head; per query: ``[memory, attention maps, box]`` -> logits at stride 4.
+
+    lay1 (C + heads + 1 -> w1) and lay2 (-> w2) at the memory grid; upsample (bilinear) to the
+    stride-8 grid + adapter1(stride-8 features), lay3 (+ box -> w3); upsample to stride 4 +
+    adapter2(stride-4 features), lay4 (+ box -> w4); out_lay (-> 1). Every conv is 3x3 + GroupNorm
+    + ReLU except the 1x1 adapters and out_lay. "box" is the query's detected box as a coverage
+    map (:func:`box_coverage`) at that grid: attention maps alone are a weak per-query signal next
+    to the shared memory and image features, and without the box the head learns one foreground
+    mask for all the objects of an image (measured; the box map is what makes masks per instance).
     """
 
     def __init__(self, hidden_dim: int, num_heads: int, fine_channels: tuple[int, int],
@@ -123,10 +144,10 @@ class ConvMaskHead(nn.Module):
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         w1, w2, w3, w4 = widths
-        self.lay1, self.gn1 = _conv(hidden_dim + num_heads, w1), _group_norm(groups, w1)
+        self.lay1, self.gn1 = _conv(hidden_dim + num_heads + 1, w1), _group_norm(groups, w1)
         self.lay2, self.gn2 = _conv(w1, w2), _group_norm(groups, w2)
-        self.lay3, self.gn3 = _conv(w2, w3), _group_norm(groups, w3)
-        self.lay4, self.gn4 = _conv(w3, w4), _group_norm(groups, w4)
+        self.lay3, self.gn3 = _conv(w2 + 1, w3), _group_norm(groups, w3)
+        self.lay4, self.gn4 = _conv(w3 + 1, w4), _group_norm(groups, w4)
         self.out_lay = _conv(w4, 1)
         self.adapter1 = _conv(fine_channels[0], w2, kernel=1)
         self.adapter2 = _conv(fine_channels[1], w3, kernel=1)
@@ -136,16 +157,24 @@ class ConvMaskHead(nn.Module):
         memory_term = F.conv2d(memory, self.lay1.weight[:, : self.hidden_dim], self.lay1.bias, padding=1)
         return [memory_term, self.adapter1(fine_features[0]), self.adapter2(fine_features[1])]
 
-    def forward(self, attention: torch.Tensor, prepared: list[torch.Tensor], batch_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, attention: torch.Tensor, prepared: list[torch.Tensor], batch_index: torch.Tensor,
+                boxes: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
         """attention ``[N, heads, h, w]`` of queries in images ``batch_index [N]``; ``prepared`` from
-        :meth:`prepare` -> mask logits ``[N, H4, W4]`` on the stride-4 grid of the padded batch."""
+        :meth:`prepare`; boxes ``[N, 4]`` and canvas fractions ``[N, 2]`` as :func:`box_coverage`
+        takes them -> mask logits ``[N, H4, W4]`` on the stride-4 grid of the padded batch."""
         memory_term, fine8, fine4 = prepared
-        x = memory_term[batch_index] + F.conv2d(attention, self.lay1.weight[:, self.hidden_dim:], padding=1)
+        # The joint softmax spreads 1 over heads x positions (16 x 576 at 384 px). Maps of ~1e-4 next to a
+        # memory term of order 1 leave the query without influence: scaled so that a uniform map is all ones.
+        attention = attention * attention[0].numel()
+        per_query = torch.cat([attention, box_coverage(boxes, fractions, attention.shape[-2:])], dim=1)
+        x = memory_term[batch_index] + F.conv2d(per_query, self.lay1.weight[:, self.hidden_dim:], padding=1)
         x = F.relu(self.gn1(x))
         x = F.relu(self.gn2(self.lay2(x)))
         x = F.interpolate(x, size=fine8.shape[-2:], mode="bilinear", align_corners=False) + fine8[batch_index]
+        x = torch.cat([x, box_coverage(boxes, fractions, fine8.shape[-2:])], dim=1)
         x = F.relu(self.gn3(self.lay3(x)))
         x = F.interpolate(x, size=fine4.shape[-2:], mode="bilinear", align_corners=False) + fine4[batch_index]
+        x = torch.cat([x, box_coverage(boxes, fractions, fine4.shape[-2:])], dim=1)
         x = F.relu(self.gn4(self.lay4(x)))
         return self.out_lay(x).squeeze(1)
 

@@ -22,6 +22,7 @@ from torch import nn
 from rfdetr.config import ModelConfig
 from rfdetr.models.lwdetr import LWDETR, build_detector
 from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
+from rfdetr.models.mask_losses import valid_fractions
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
 # Mask logits are predicted on the stride-4 grid of the padded input (384 px -> 96 x 96).
@@ -34,7 +35,7 @@ class MaskContext:
 
     memory ``[B, C, h, w]``: the coarsest projector level; memory_mask ``[B, h, w]`` its padding
     (True = padding); query_features ``[B, Q', C]``: last decoder layer states, in the order of
-    ``pred_logits``; fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
+    ``pred_logits``; query_boxes ``[B, Q', 4]``: their ``pred_boxes`` (detached); fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
     (stride 8 also holds any finer projector level); image_size ``(H, W)`` of the padded batch;
     image_mask ``[B, H, W]`` its padding.
     """
@@ -42,6 +43,7 @@ class MaskContext:
     memory: torch.Tensor
     memory_mask: torch.Tensor
     query_features: torch.Tensor
+    query_boxes: torch.Tensor
     fine_features: tuple[torch.Tensor, torch.Tensor]
     image_size: tuple[int, int]
     image_mask: torch.Tensor
@@ -138,6 +140,7 @@ class DETRsegm(nn.Module):
             memory=levels[-1],
             memory_mask=masks[-1],
             query_features=captured["hs"],
+            query_boxes=outputs["pred_boxes"].detach(),
             fine_features=(stride8, stride4),
             image_size=tuple(samples.tensors.shape[-2:]),
             image_mask=samples.mask,
@@ -157,11 +160,13 @@ class DETRsegm(nn.Module):
         keys = self.bbox_attention.project_keys(context.memory)
         prepared = self.mask_head.prepare(context.memory, context.fine_features)
         queries = context.query_features[batch_index, query_index]
+        boxes = context.query_boxes[batch_index, query_index]
+        fractions = valid_fractions(context.image_mask)[batch_index]
         logits = []
         for start in range(0, batch_index.numel(), self.mask_chunk):
             chunk = slice(start, start + self.mask_chunk)
             attention = self.bbox_attention.attend(queries[chunk], keys, context.memory_mask, batch_index[chunk])
-            logits.append(self.mask_head(attention, prepared, batch_index[chunk]))
+            logits.append(self.mask_head(attention, prepared, batch_index[chunk], boxes[chunk], fractions[chunk]))
         return torch.cat(logits)
 
 
