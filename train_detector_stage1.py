@@ -18,8 +18,8 @@ import argparse
 import logging
 import sys
 
-from rfdetr.cli import (add_training_flags, banner, model_overrides, next_run_dir, resume_paths, split_patterns,
-                        train_overrides)
+from rfdetr.cli import (add_training_flags, banner, model_overrides, next_run_dir, resume_paths, run_training,
+                        split_patterns, train_overrides)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,13 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from rfdetr.checkpoint import CheckpointError
     from rfdetr.config import PRETRAINED_NAMES, TrainConfig, model_config
     from rfdetr.training.distributed import is_main_process
-    from rfdetr.training.engine import NonFiniteLossError
-    from rfdetr.weights import WeightsDownloadError
 
-    try:
+    def train():
         resume_file, resume_dir = resume_paths(args.resume)
         overrides = train_overrides(args)
         resolution = args.resolution or model_config(args.size).resolution
@@ -66,17 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
         model = RFDETR(args.size, pretrain_weights=weights, device=config.device,
                        pretrain_exclude_keys=split_patterns(args.pretrain_exclude_keys), **model_overrides(args))
-        result = model.train(**config.model_dump())
-    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if is_main_process():
-        print(f"done: best bbox AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
-              f"weights in {result.output_dir}/checkpoint_best_total.pth")
-    return 0
+        return model.train(**config.model_dump())
+
+    return run_training(train, "bbox")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rfdetr.cli import add_training_flags, model_overrides, next_run_dir, resume_paths, split_patterns, train_overrides
+from rfdetr.cli import (add_training_flags, model_overrides, next_run_dir, resume_paths, run_training, split_patterns,
+                        train_overrides)
 from train_seg_stage2 import _set_help, add_mask_flags, mask_options, previous_settings, run_banner
 
 CONFIG_FILE = "single_stage_config.json"
@@ -56,14 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from rfdetr.checkpoint import CheckpointError
     from rfdetr.config import TrainConfig, model_config
     from rfdetr.training.distributed import is_main_process
-    from rfdetr.training.engine import NonFiniteLossError
     from rfdetr.training.segmentation import mask_run_summary, single_stage_run
-    from rfdetr.weights import WeightsDownloadError
 
-    try:
+    def train():
         resume_file, resume_dir = resume_paths(args.resume)
         previous = previous_settings(resume_dir, CONFIG_FILE)
         overrides = train_overrides(args)
@@ -87,17 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():  # a resumed run keeps the record of how it started
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(summary, indent=2))
-        result = trainer.fit()
-    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if is_main_process():
-        print(f"done: best segm AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
-              f"weights in {result.output_dir}/checkpoint_best_total.pth")
-    return 0
+        return trainer.fit()
+
+    return run_training(train, "segm")
 
 
 if __name__ == "__main__":

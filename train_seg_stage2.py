@@ -20,7 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-from rfdetr.cli import add_training_flags, banner, model_overrides, next_run_dir, resume_paths, train_overrides
+from rfdetr.cli import (add_training_flags, banner, model_overrides, next_run_dir, resume_paths, run_training,
+                        train_overrides)
 
 CONFIG_FILE = "stage2_config.json"
 
@@ -100,13 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from rfdetr.checkpoint import CheckpointError
     from rfdetr.config import TrainConfig
     from rfdetr.training.distributed import is_main_process
-    from rfdetr.training.engine import NonFiniteLossError
     from rfdetr.training.segmentation import load_stage2_detector, mask_run_summary, stage2_run
 
-    try:
+    def train():
         if model_overrides(args) or args.pretrain_exclude_keys:
             raise ValueError("--num_queries, --group_detr, --gradient_checkpointing and --pretrain_exclude_keys do "
                              "not apply to stage 2: the detector is the stage-1 checkpoint's, frozen")
@@ -133,17 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             if not path.is_file():  # a resumed run keeps the record of how it started
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(summary, indent=2))
-        result = trainer.fit()
-    except (FileNotFoundError, ValueError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if is_main_process():
-        print(f"done: best segm AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
-              f"weights in {result.output_dir}/checkpoint_best_total.pth")
-    return 0
+        return trainer.fit()
+
+    return run_training(train, "segm")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ Flags default to ``None`` and only the flags a user gave are passed on, so every
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SIZE_CHOICES = ("nano", "small", "medium", "base", "large")
 # flag -> TrainConfig field, for flags whose names differ from the field
@@ -114,3 +115,25 @@ def banner(title: str, rows: dict[str, Any]) -> str:
     width = max(len(k) for k in rows) + 2
     lines = ["=" * 72, title, "=" * 72] + [f"{k + ':':<{width}} {v}" for k, v in rows.items()] + ["=" * 72]
     return "\n".join(lines)
+
+
+def run_training(train: Callable[[], Any], metric: str) -> int:
+    """A script's exit code for ``train()`` (which returns a ``TrainResult``): 0 when it finished,
+    2 for bad input (the message says what to fix), 1 when the loss stopped being finite."""
+    from rfdetr.checkpoint import CheckpointError
+    from rfdetr.training.distributed import is_main_process
+    from rfdetr.training.engine import NonFiniteLossError
+    from rfdetr.weights import WeightsDownloadError
+
+    try:
+        result = train()
+    except (FileNotFoundError, ValueError, CheckpointError, WeightsDownloadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if is_main_process():
+        print(f"done: best {metric} AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
+              f"weights in {result.output_dir}/checkpoint_best_total.pth")
+    return 0

@@ -19,7 +19,6 @@ Filled weights are not trained weights: the boxes of parts 1-2 are not meaningfu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
