@@ -14,14 +14,14 @@ single_stage_config.json, the checkpoints (``detr.*`` + ``mask_head.*``), log.tx
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from rfdetr.cli import (add_training_flags, model_overrides, next_run_dir, resume_paths, run_training, split_patterns,
                         train_overrides)
-from train_seg_stage2 import _set_help, add_mask_flags, mask_options, previous_settings, run_banner
+from train_seg_stage2 import (_set_help, add_mask_flags, mask_options, previous_settings, run_banner,
+                             write_run_record)
 
 CONFIG_FILE = "single_stage_config.json"
 
@@ -81,10 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             print(run_banner("RT-DETR-Seg single stage: detector + mask head", summary,
                              {"pretrained": summary["pretrained"] or "none (random)"}))
-            path = Path(config.output_dir) / CONFIG_FILE
-            if not path.is_file():  # a resumed run keeps the record of how it started
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(summary, indent=2))
+            write_run_record(Path(config.output_dir) / CONFIG_FILE, summary)
         return trainer.fit()
 
     return run_training(train, "segm")

@@ -97,6 +97,13 @@ def run_banner(title: str, summary: dict, rows: dict) -> str:
         "resume": config["resume"] or "no"})
 
 
+def write_run_record(path: Path, summary: dict) -> None:
+    """Write how the run started as JSON; a resumed run keeps the record it already has."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -128,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if is_main_process():
             print(run_banner("RT-DETR-Seg stage 2: mask head on the frozen detector",
                              summary, {"stage-1 checkpoint": summary["stage1_checkpoint"]}))
-            path = Path(config.output_dir) / CONFIG_FILE
-            if not path.is_file():  # a resumed run keeps the record of how it started
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(summary, indent=2))
+            write_run_record(Path(config.output_dir) / CONFIG_FILE, summary)
         return trainer.fit()
 
     return run_training(train, "segm")

@@ -112,7 +112,4 @@ def _failure(url: str, destination: Path, reason: str) -> str:
 
 
 def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+    Path(path).unlink(missing_ok=True)

@@ -8,9 +8,7 @@ an image sits and however the batch was resized.
 from __future__ import annotations
 
 import functools
-import math
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
@@ -20,35 +18,7 @@ from rfdetr.models.criterion import build_criterion
 from rfdetr.models.mask_losses import (MaskLoss, add_mask_losses, canvas_grid, sample_logits, valid_fractions)
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
-STRIDE = 4
-Render = Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class FakeMaskModel:
-    """``predict_masks`` evaluates ``render(image, query, u, v)`` at the canvas cells' centres, with
-    (u, v) the normalised coordinates of the image (``fractions`` of the canvas it fills); records
-    every requested (image, query) pair. Logits are scaled by a leaf tensor to check gradients."""
-
-    def __init__(self, fractions: list[tuple[float, float]], render: Render):
-        self.fractions = torch.tensor(fractions, dtype=torch.float32)
-        self.render = render
-        self.scale = torch.ones((), requires_grad=True)
-        self.requests: list[list[tuple[int, int]]] = []
-
-    def predict_masks(self, context, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        height, width = context.image_mask.shape[-2:]
-        rows, cols = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
-        pairs = list(zip(batch_index.tolist(), query_index.tolist()))
-        self.requests.append(pairs)
-        y = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
-        x = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
-        masks = []
-        for image, query in pairs:
-            fraction_h, fraction_w = self.fractions[image].tolist()
-            v, u = torch.meshgrid(y * height / (rows * STRIDE) / fraction_h,
-                                  x * width / (cols * STRIDE) / fraction_w, indexing="ij")
-            masks.append(self.render(image, query, u, v))
-        return torch.stack(masks) * self.scale if masks else torch.zeros(0, rows, cols)
+from fake_masks import FakeMaskModel, Render, fractions_of
 
 
 def rect_render(rects: dict[tuple[int, int], tuple[float, float, float, float]], logit: float = 20.0) -> Render:
@@ -82,11 +52,6 @@ def batch_context(sizes: list[tuple[int, int]], resize_to: int | None = None) ->
     if resize_to is not None:
         samples = resize_batch(samples, resize_to)
     return SimpleNamespace(image_mask=samples.mask)
-
-
-def fractions_of(sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
-    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-    return [(h / height, w / width) for h, w in sizes]
 
 
 def match(*per_image: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:

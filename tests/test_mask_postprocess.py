@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
@@ -13,44 +11,20 @@ from rfdetr.models.mask_postprocess import PostProcessMasks, paste_masks, top_qu
 from rfdetr.models.postprocess import PostProcess
 from rfdetr.util.nested_tensor import nested_tensor_from_images
 
-STRIDE = 4
+from fake_masks import FakeMaskModel, Render, fractions_of
+
 SIZES = [(64, 64), (32, 48)]  # transformed sizes; the batch canvas is 64 x 64, its mask grid 16 x 16
 ORIGINAL_SIZES = torch.tensor([[100, 100], [60, 90]])
 
 
-class FakeMaskModel:
-    """``predict_masks`` evaluates ``render(query, u, v)`` at the canvas cells' centres, (u, v) being
-    normalised coordinates of the image (> 1 on padding); records every requested (image, query)."""
-
-    def __init__(self, sizes: list[tuple[int, int]], render: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]):
-        height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
-        self.fractions = [(h / height, w / width) for h, w in sizes]
-        self.render = render
-        self.requests: list[list[tuple[int, int]]] = []
-
-    def predict_masks(self, context, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        height, width = context.image_mask.shape[-2:]
-        rows, cols = math.ceil(height / STRIDE), math.ceil(width / STRIDE)
-        pairs = list(zip(batch_index.tolist(), query_index.tolist()))
-        self.requests.append(pairs)
-        y = (torch.arange(rows, dtype=torch.float32) + 0.5) / rows
-        x = (torch.arange(cols, dtype=torch.float32) + 0.5) / cols
-        masks = []
-        for image, query in pairs:
-            fraction_h, fraction_w = self.fractions[image]
-            v, u = torch.meshgrid(y / fraction_h, x / fraction_w, indexing="ij")
-            masks.append(self.render(query, u, v))
-        return torch.stack(masks) if masks else torch.zeros(0, rows, cols)
-
-
-def left_half(query: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def left_half(image: int, query: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Positive exactly on the left half of the image's valid region; negative on the padding."""
     return torch.where((u < 0.5) & (v < 1), 10.0, -10.0)
 
 
-def query_band(num_queries: int) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
+def query_band(num_queries: int) -> Render:
     """Positive on the vertical band ``[q, q + 1) / num_queries`` of the image: the mask names its query."""
-    def render(query: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def render(image: int, query: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         inside = (u >= query / num_queries) & (u < (query + 1) / num_queries) & (v < 1)
         return torch.where(inside, 10.0, -10.0)
     return render
@@ -65,7 +39,7 @@ def detector_outputs(num_queries: int, rows: int, seed: int = 0) -> dict:
 
 
 def test_masks_are_cropped_to_the_valid_region_and_resized_to_the_original_size():
-    model = FakeMaskModel(SIZES, left_half)
+    model = FakeMaskModel(fractions_of(SIZES), left_half)
     results = PostProcessMasks(num_select=20, max_masks=4)(detector_outputs(10, 3), ORIGINAL_SIZES, model)
     for result, (height, width) in zip(results, ORIGINAL_SIZES.tolist()):
         masks = result["masks"]
@@ -76,7 +50,7 @@ def test_masks_are_cropped_to_the_valid_region_and_resized_to_the_original_size(
 def test_masks_follow_the_detections_order_and_boxes_match_postprocess():
     num_queries, rows = 12, 3
     outputs = detector_outputs(num_queries, rows)
-    model = FakeMaskModel(SIZES, query_band(num_queries))
+    model = FakeMaskModel(fractions_of(SIZES), query_band(num_queries))
     results = PostProcessMasks(num_select=30, max_masks=25)(outputs, ORIGINAL_SIZES, model)
     reference = PostProcess(30)(outputs, ORIGINAL_SIZES)
     for image, (result, expected) in enumerate(zip(results, reference)):
@@ -95,7 +69,7 @@ def test_only_the_top_max_masks_are_predicted_once_per_query():
     num_queries, rows = 30, 3
     outputs = detector_outputs(num_queries, rows, seed=1)
     outputs["pred_logits"][:, 7, :2] = 10.0  # query 7 is the top detection under two classes
-    model = FakeMaskModel(SIZES, query_band(num_queries))
+    model = FakeMaskModel(fractions_of(SIZES), query_band(num_queries))
     results = PostProcessMasks(num_select=50, max_masks=5)(outputs, ORIGINAL_SIZES, model)
     assert len(model.requests) == 1
     requested = model.requests[0]
@@ -109,7 +83,7 @@ def test_only_the_top_max_masks_are_predicted_once_per_query():
 
 def test_score_threshold_and_class_rows_keep_boxes_and_masks_aligned():
     outputs = detector_outputs(10, 4, seed=2)
-    model = FakeMaskModel(SIZES, query_band(10))
+    model = FakeMaskModel(fractions_of(SIZES), query_band(10))
     results = PostProcessMasks(num_select=20, max_masks=None)(outputs, ORIGINAL_SIZES, model, class_rows=[0, 2],
                                                               score_threshold=0.5)
     reference = PostProcess(20)(outputs, ORIGINAL_SIZES, class_rows=[0, 2])

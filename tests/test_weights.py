@@ -43,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, *args):
-        pass
+        """Silent: the tests read the server's behaviour, not its access log."""
 
 
 @pytest.fixture
