@@ -13,6 +13,7 @@ import argparse
 import fnmatch
 import logging
 import os
+import pathlib
 import pickle
 import re
 import tempfile
@@ -36,25 +37,66 @@ GEOMETRY_FIELDS = ("encoder", "hidden_dim", "patch_size", "num_windows", "positi
                    "out_feature_indexes", "projector_scale", "dec_layers", "sa_nheads", "ca_nheads", "dec_n_points")
 
 
+# Prefix of the detector's keys inside a mask model (DETRsegm) checkpoint.
+DETECTOR_PREFIX = "detr."
+
+
+def trusted_globals() -> list:
+    """Data-only types that training files of the pretrained-weights table may pickle in ``args``:
+    filesystem paths and numpy scalars/arrays (under numpy 2's and numpy 1's module names)."""
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    found = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath, np.dtype,
+             np.ndarray, multiarray.scalar, multiarray._reconstruct]
+    for legacy in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        found += [(multiarray.scalar, f"{legacy}.scalar"), (multiarray._reconstruct, f"{legacy}._reconstruct")]
+    found += [type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")]
+    return found
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
 def is_class_head_key(key: str) -> bool:
+    """A class-head tensor of the detector, bare or inside a mask model (``detr.`` prefix)."""
+    key = key[len(DETECTOR_PREFIX):] if key.startswith(DETECTOR_PREFIX) else key
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in CLASS_HEAD_PATTERNS)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a ``.pth`` file as a dict with at least ``"model"`` (a bare state dict is wrapped)."""
+def detector_state(state: Mapping) -> dict:
+    """The detector part of a state dict: mask-model files keep it under ``detr.``, detector files bare."""
+    if any(key.startswith(DETECTOR_PREFIX) for key in state):
+        return {key[len(DETECTOR_PREFIX):]: value for key, value in state.items() if key.startswith(DETECTOR_PREFIX)}
+    return dict(state)
+
+
+def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
+    """Load a ``.pth`` file as a dict with at least ``"model"`` (a bare state dict is wrapped).
+
+    Loading never runs pickled code (``weights_only``): besides tensors and plain data only
+    ``argparse.Namespace`` (upstream's ``args``) is accepted, and with ``trusted`` (files from the
+    pretrained-weights table) also the data-only types of :func:`trusted_globals`. A file that
+    needs anything else is refused with the globals it names and how to allow them.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    allowed = [argparse.Namespace, *(trusted_globals() if trusted else ())]
     try:
-        # Upstream files pickle their arguments as an argparse.Namespace: allow just that class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals(allowed):
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
-            AttributeError, TypeError) as error:  # what torch.load raises for damaged or foreign files
+    except pickle.UnpicklingError as error:
+        unsafe = _unsafe_globals(path, allowed)
+        if not unsafe:
+            raise CheckpointError(f"cannot read checkpoint {path}: {error}. Is it a complete .pth file?") from error
+        raise CheckpointError(
+            f"checkpoint {path} holds pickled objects that are not plain data: {', '.join(unsafe)}. They are not "
+            "loaded, as unpickling them could run code. If you trust this file, allow exactly these with "
+            "torch.serialization.add_safe_globals([...]) before loading it.") from error
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, AttributeError,
+            TypeError) as error:  # what torch.load raises for damaged or foreign files
         raise CheckpointError(f"cannot read checkpoint {path}: {error}. Is it a complete .pth file?") from error
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")
@@ -66,6 +108,18 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return data
 
 
+def _unsafe_globals(path: Path, allowed: Sequence) -> list[str]:
+    """The globals a file needs beyond ``allowed`` (empty when the file cannot be scanned)."""
+    names = {f"{g.__module__}.{g.__qualname__}" for g in allowed if not isinstance(g, tuple)}
+    names |= {g[1] for g in allowed if isinstance(g, tuple)}
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, OSError, ValueError) as error:
+        logger.debug("cannot list the globals of %s: %s", path, error)
+        return []
+    return [name for name in found if name not in names]
+
+
 def checkpoint_args(checkpoint: Mapping) -> dict:
     """The upstream/fork ``args`` (Namespace or dict) as a dict; empty when absent."""
     args = checkpoint.get("args")
@@ -75,32 +129,44 @@ def checkpoint_args(checkpoint: Mapping) -> dict:
 
 
 def class_rows_of(state: Mapping[str, torch.Tensor]) -> int:
+    """Rows of the final class head of a detector or mask-model state dict."""
+    state = detector_state(state)
     if "class_embed.bias" not in state:
         raise CheckpointError("the checkpoint has no class head (class_embed.bias); it was stripped")
     return int(state["class_embed.bias"].shape[0])
 
 
-def checkpoint_class_table(checkpoint: Mapping) -> ClassTable | None:
+def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") -> ClassTable | None:
     """The class table stored in (or implied by) a checkpoint; ``None`` if it has no class head.
 
-    Ours: the stored table. Upstream training files: ``args.class_names`` (label ``i + 1`` is
-    ``class_names[i]``). A 91-row head without names: the COCO table. Otherwise generic names.
+    Ours: the stored table, which must fit the head. Upstream training files: ``args.class_names``
+    (label ``i + 1`` = category id ``i + 1`` is ``class_names[i]``; row 0 is the never-annotated
+    Roboflow project row). Without names the upstream convention is assumed and logged: a 91-row
+    head is the COCO table, any other head has row r = category id r, row 0 unused.
     """
+    state = detector_state(checkpoint["model"])
+    rows = int(state["class_embed.bias"].shape[0]) if "class_embed.bias" in state else None
     if "classes" in checkpoint:
-        return ClassTable.from_dict(checkpoint["classes"])
-    state = checkpoint["model"]
-    if "class_embed.bias" not in state:
+        table = ClassTable.from_dict(checkpoint["classes"])
+        if rows is not None and rows != table.num_rows:
+            raise CheckpointError(f"{source} is inconsistent: its class table has {table.num_rows} head rows "
+                                  f"({table.describe()}) but class_embed.bias has {rows}")
+        return table
+    if rows is None:
         return None
-    rows = class_rows_of(state)
     names = checkpoint_args(checkpoint).get("class_names")
     if names:
         if len(names) + 1 > rows:
-            raise CheckpointError(f"checkpoint lists {len(names)} class names but its head has only {rows} rows")
+            raise CheckpointError(f"{source} lists {len(names)} class names but its head has only {rows} rows")
         # Upstream convention: label i + 1 (= category id) is class_names[i].
         return ClassTable(tuple(ClassEntry(i + 1, i + 1, str(n)) for i, n in enumerate(names)), num_rows=rows)
     if rows == COCO_NUM_ROWS:
+        logger.info("%s stores no class names: its 91-row head is read as the COCO table (row = COCO id)", source)
         return ClassTable.coco()
-    return ClassTable.from_names([f"class_{i}" for i in range(rows - 1)])
+    logger.warning("%s stores no class names: assuming the upstream convention, head row r = category id r "
+                   "for r = 1..%d (named class_<r>), row 0 unused. Pass class_names=[...] to name them, or train "
+                   "with the dataset whose category ids these are.", source, rows - 1)
+    return ClassTable.placeholder(range(1, rows), num_rows=rows)
 
 
 def checkpoint_size(checkpoint: Mapping) -> str | None:
@@ -121,7 +187,6 @@ class LoadReport:
     """What happened when a state dict was loaded into a model."""
 
     loaded: int = 0
-    rebuilt_heads: list[str] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
     dropped_groups: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
@@ -132,9 +197,11 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
                     strict: bool = True, source: str = "checkpoint", size: str | None = None) -> LoadReport:
     """Load ``state`` into ``model``.
 
-    - class-head keys that differ in shape from the model's, or are absent, are not loaded (the
-      model's heads are fresh modules of the right size); any other shape difference is an error;
-    - keys matching an ``exclude`` fnmatch pattern are skipped and stay as initialised;
+    - keys matching an ``exclude`` fnmatch pattern are skipped and stay as initialised: this is
+      the only way class heads are rebuilt (``exclude=CLASS_HEAD_PATTERNS``);
+    - any shape difference is an error naming the key, both shapes and ``source``: class heads
+      of another size are first re-sliced (:mod:`rfdetr.surgery`) or excluded, never replaced here;
+    - a class head the file lacks (a stripped checkpoint) is an error that says what to pass;
     - with ``strict``, any other missing or unexpected key is an error.
     Query tables longer than the model's (more groups) are cut to its rows.
     """
@@ -142,7 +209,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
     report = LoadReport()
     to_load = {}
     for key, tensor in state.items():
-        if any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude):
+        if _is_excluded(key, exclude):
             report.excluded.append(key)
             continue
         if key not in own:
@@ -154,22 +221,16 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
         if key.endswith(("refpoint_embed.weight", "query_feat.weight")) and tensor.shape[0] > own[key].shape[0]:
             tensor = tensor[: own[key].shape[0]]
         if tensor.shape != own[key].shape:
-            if is_class_head_key(key):
-                report.rebuilt_heads.append(key)
-                continue
-            model_size = getattr(getattr(model, "config", None), "size", None)
-            raise CheckpointError(
-                f"{source} does not fit this model: {key} is {list(tensor.shape)} in the file but "
-                f"{list(own[key].shape)} in the model. The file was made for "
-                f"{size or 'another geometry'}, the model is {model_size or 'a different geometry'}; "
-                "build the model of the checkpoint's size (e.g. RFDETRBase for rf-detr-base.pth)."
-            )
+            raise CheckpointError(_shape_mismatch(model, key, tensor, own[key], source, size))
         to_load[key] = tensor
-    for key in own:
-        if key in to_load or key in report.rebuilt_heads or _is_excluded(key, exclude):
-            continue
-        # A checkpoint without class heads (strip_class_heads.py) gets fresh ones.
-        (report.rebuilt_heads if is_class_head_key(key) else report.missing).append(key)
+    missing = [key for key in own if key not in to_load and not _is_excluded(key, exclude)]
+    missing_heads = [key for key in missing if is_class_head_key(key)]
+    if missing_heads:
+        raise CheckpointError(
+            f"{source} has no class heads ({missing_heads[0]} and {len(missing_heads) - 1} more are missing; it "
+            "was stripped). Say which classes the model should have, class_names=[...] or num_classes=N, "
+            "and the heads are built fresh (training takes the dataset's classes).")
+    report.missing = missing
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(
             f"{source} does not match the model: {len(report.missing)} missing keys "
@@ -180,6 +241,19 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
     report.loaded = len(to_load) - len(result.unexpected_keys)
     _log_report(report, source)
     return report
+
+
+def _shape_mismatch(model: nn.Module, key: str, tensor: torch.Tensor, own: torch.Tensor, source: str,
+                    size: str | None) -> str:
+    shapes = f"{key} is {list(tensor.shape)} in the file but {list(own.shape)} in the model"
+    if is_class_head_key(key):
+        return (f"{source} does not fit this model's class head: {shapes}. The checkpoint's heads have "
+                f"{tensor.shape[0]} rows, the model's {own.shape[0]}; pass class_names=[...] to keep the rows of "
+                "those classes (or to rebuild the heads for new classes), or num_classes to match the file.")
+    model_size = getattr(getattr(model, "config", None), "size", None)
+    return (f"{source} does not fit this model: {shapes}. The file was made for {size or 'another geometry'}, "
+            f"the model is {model_size or 'a different geometry'}; build the model of the checkpoint's size "
+            "(e.g. RFDETRBase for rf-detr-base.pth).")
 
 
 _GROUP_HEAD = re.compile(r"^(transformer\.enc_(?:output|output_norm|out_bbox_embed|out_class_embed))\.(\d+)\.")
@@ -198,8 +272,6 @@ def _is_excluded(key: str, patterns: Sequence[str]) -> bool:
 
 def _log_report(report: LoadReport, source: str) -> None:
     logger.info("loaded %d tensors from %s", report.loaded, source)
-    if report.rebuilt_heads:
-        logger.info("class heads re-initialised for the new class count: %d tensors", len(report.rebuilt_heads))
     if report.excluded:
         logger.info("excluded by pattern (kept as initialised): %d tensors", len(report.excluded))
     if report.dropped_groups:

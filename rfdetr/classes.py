@@ -10,10 +10,15 @@ stored in every checkpoint the project writes.
 - The class head has ``num_rows = K + 1`` rows: the last row is a spare that is never a positive
   target (the published checkpoints' convention: COCO max id 90 -> 91 rows).
 - The published COCO checkpoints keep their 91-row head with **label = COCO category id**; rows
-  that are no COCO category (0, 12, 26, ...) are spare.
+  that are no COCO category (0, 12, 26, ...) are spare. Upstream fine-tunes follow the same rule
+  (label = category id): a Roboflow export's head has its never-annotated id-0 row spare.
+- A table whose names are only placeholders (``class_<category id>``: a checkpoint that never
+  stored names) is matched by category id, where head row = category id.
 
 Spare rows never become detections (:meth:`ClassTable.class_rows`); predict, evaluation, export
-and ``shrink_head.py`` all go through this table.
+and ``shrink_head.py`` all go through this table. :func:`match_rows` is the one rule that says
+which rows of one table's head serve another table's classes: by name, else (placeholder names)
+by category id. Stage 1, stage 2, the wrappers and ``shrink_head.py`` all use it.
 """
 
 from __future__ import annotations
@@ -80,6 +85,11 @@ class ClassTable:
         return cls.from_categories([{"id": i + 1, "name": n} for i, n in enumerate(names)])
 
     @classmethod
+    def placeholder(cls, category_ids: Iterable[int], num_rows: int) -> "ClassTable":
+        """Unnamed classes: head row = category id, named ``class_<id>`` (see :func:`placeholder_name`)."""
+        return cls(tuple(ClassEntry(cid, cid, placeholder_name(cid)) for cid in category_ids), num_rows)
+
+    @classmethod
     def coco(cls) -> "ClassTable":
         """The published COCO checkpoints' table: 91 rows, label = COCO category id."""
         return cls(tuple(ClassEntry(cid, cid, name) for cid, name in COCO_CATEGORIES), COCO_NUM_ROWS)
@@ -93,6 +103,17 @@ class ClassTable:
     def class_rows(self) -> list[int]:
         """Head rows that are real classes (spare rows excluded), in label order."""
         return [e.label for e in self.entries]
+
+    @property
+    def spare_rows(self) -> list[int]:
+        """Head rows that are no class (never a positive target, never a detection)."""
+        taken = set(self.class_rows)
+        return [row for row in range(self.num_rows) if row not in taken]
+
+    @property
+    def has_placeholder_names(self) -> bool:
+        """Whether the names are only ``class_<category id>`` stand-ins (a file that stored no names)."""
+        return bool(self.entries) and all(e.name == placeholder_name(e.category_id) for e in self.entries)
 
     def name_of(self, label: int) -> str:
         return self._by_label()[label].name
@@ -117,15 +138,16 @@ class ClassTable:
             raise ValueError(f"unknown class names {unknown}; valid names: {self.names}")
         return [by_name[n] for n in names]
 
-    def subset(self, names: Sequence[str]) -> tuple["ClassTable", list[int]]:
+    def subset(self, names: Sequence[str]) -> tuple["ClassTable", list[int | None]]:
         """Keep ``names`` (in the given order) plus a spare row.
 
-        Returns the new table (labels ``0..n-1``, original category ids) and the old head rows to
-        take, in new-row order (the last is the spare: the old last row).
+        Returns the new table (labels ``0..n-1``, original category ids) and, per new head row,
+        the old row to take (see :func:`match_rows`; the spare takes an old spare row).
         """
         rows = self.labels_of_names(names)
         entries = tuple(ClassEntry(i, self.category_id_of(r), self.name_of(r)) for i, r in enumerate(rows))
-        return ClassTable(entries, num_rows=len(entries) + 1), rows + [self.num_rows - 1]
+        table = ClassTable(entries, num_rows=len(entries) + 1)
+        return table, match_rows(self, table).rows
 
     def describe(self) -> str:
         shown = ", ".join(f"{e.label}:{e.name}" for e in self.entries[:6])
@@ -148,6 +170,55 @@ class ClassTable:
             return cls(entries, num_rows=int(data["num_rows"]))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed class table {data!r}: {error}") from error
+
+
+def placeholder_name(category_id: int) -> str:
+    """The stand-in name of a class whose checkpoint stored no names."""
+    return f"class_{category_id}"
+
+
+@dataclass(frozen=True)
+class RowMatch:
+    """Which rows of a source head serve a target table.
+
+    ``rows[r]`` is the source row for target head row ``r`` (``None``: no source row, a fresh
+    spare row); ``missing`` lists the target's class names that the source has no row for (then
+    ``rows`` is ``None``); ``by`` says how classes were matched (``"name"`` or ``"category id"``).
+    """
+
+    rows: tuple[int | None, ...] | None
+    missing: tuple[str, ...]
+    by: str
+
+    @property
+    def is_identity(self) -> bool:
+        return self.rows is not None and list(self.rows) == list(range(len(self.rows)))
+
+
+def match_rows(source: ClassTable, target: ClassTable) -> RowMatch:
+    """The one rule for reusing ``source``'s trained head rows for ``target``'s classes.
+
+    Each target class takes the source row of the same name, in any order and for any subset of
+    the source's classes. When the source's names are placeholders (a checkpoint that stored no
+    names), classes are matched by category id instead: head row = category id, the convention of
+    such files. Target spare rows take a source spare row, the same row where it is one (``None`` when the
+    source has none).
+    """
+    by_name = {e.name: e.label for e in source.entries}
+    if all(e.name in by_name for e in target.entries):
+        found, by = {e.label: by_name[e.name] for e in target.entries}, "name"
+    elif source.has_placeholder_names:
+        found = {e.label: e.category_id for e in target.entries if 0 <= e.category_id < source.num_rows}
+        by = "category id"
+    else:
+        found, by = {e.label: by_name[e.name] for e in target.entries if e.name in by_name}, "name"
+    missing = tuple(e.name for e in target.entries if e.label not in found)
+    if missing:
+        return RowMatch(None, missing, by)
+    spares = source.spare_rows
+    fallback = spares[-1] if spares else None
+    rows = tuple(found[row] if row in found else row if row in spares else fallback for row in range(target.num_rows))
+    return RowMatch(rows, (), by)
 
 
 def _is_roboflow_supercategory(category: Mapping, categories: Sequence[Mapping]) -> bool:

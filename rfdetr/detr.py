@@ -5,9 +5,14 @@ its :class:`~rfdetr.classes.ClassTable` (``.classes``) and its device. Sizes are
 ``RFDETR<Size>`` classes only name a row of :data:`rfdetr.config.SIZE_PRESETS`.
 
 Which classes a model has is decided once, here:
-``class_names`` given -> those names (heads rebuilt unless the checkpoint has the same classes);
-``num_classes`` given -> that many classes (the checkpoint's names if its head has that size);
-otherwise -> the checkpoint's classes (the COCO table for the published checkpoints).
+``class_names`` given -> those names (a dataset's table keeps its category ids; names that are all
+in the checkpoint keep the checkpoint's category ids);
+``num_classes`` given -> that many classes (the checkpoint's if it has that many);
+otherwise -> the checkpoint's classes (the COCO table for the published checkpoints; a checkpoint
+without class heads then is an error).
+The checkpoint's trained head rows are kept for every class it has, in any order or subset
+(:func:`rfdetr.surgery.fit_class_heads`); only when some class has no trained row are the heads
+rebuilt, with a WARNING naming those classes.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
-                               load_state_dict, read_checkpoint)
+                               detector_state, load_state_dict, read_checkpoint)
 from rfdetr.classes import ClassTable
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig, model_config
 from rfdetr.inference import prepare_batch, to_detections
 from rfdetr.models import DETRsegm, PostProcess, build_detector
 from rfdetr.models.mask_postprocess import PostProcessMasks
-from rfdetr.training.segmentation import default_mask_head, detector_state
+from rfdetr.surgery import fit_class_heads
+from rfdetr.training.segmentation import default_mask_head
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +77,12 @@ class RFDETR:
             if found is not None and found != size:
                 raise CheckpointError(f"{pretrain_weights} is a {found} checkpoint but this is a {size} model; "
                                       f"use RFDETR{found.capitalize()} (or pass the {size} checkpoint)")
-        stored = checkpoint_class_table(checkpoint) if checkpoint is not None else None
-        self.classes, keep_heads = _choose_classes(stored, num_classes, class_names)
+        origin = os.fspath(pretrain_weights) if pretrain_weights is not None else "no checkpoint"
+        stored = checkpoint_class_table(checkpoint, origin) if checkpoint is not None else None
+        if checkpoint is not None and stored is None and num_classes is None and class_names is None:
+            raise CheckpointError(f"{origin} has no class heads (it was stripped): say which classes the model "
+                                  "should have, class_names=[...] or num_classes=N, and the heads are built fresh")
+        self.classes = _choose_classes(stored, num_classes, class_names)
         # Our checkpoints carry their model config: its geometry is the default, explicit keywords win.
         saved = {k: v for k, v in (checkpoint or {}).get("config", {}).items()
                  if k not in ("size", "num_classes", "pretrain_weights")}
@@ -81,9 +91,11 @@ class RFDETR:
                                                 else os.fspath(pretrain_weights), **{**saved, **config_overrides})
         detector = build_detector(self.config)
         if checkpoint is not None:
-            exclude = list(pretrain_exclude_keys) + ([] if keep_heads else list(CLASS_HEAD_PATTERNS))
-            load_state_dict(detector, detector_state(checkpoint["model"]), exclude=exclude,
-                            source=str(pretrain_weights), size=checkpoint_size(checkpoint))
+            state = detector_state(checkpoint["model"])
+            fitted = fit_class_heads(state, stored, self.classes, origin) if stored is not None else None
+            exclude = list(pretrain_exclude_keys) + (list(CLASS_HEAD_PATTERNS) if fitted is None else [])
+            load_state_dict(detector, state if fitted is None else fitted, exclude=exclude, source=origin,
+                            size=checkpoint_size(checkpoint))
         stored_masks = (checkpoint or {}).get("masks") or {}
         self.masks = bool(stored_masks) if masks is None else masks
         self.model = detector
@@ -107,7 +119,8 @@ class RFDETR:
 
         ``images``: a path, PIL image, H x W x 3 array, [3, H, W] tensor in [0, 1], or a list of
         them (one batched forward). ``xyxy`` is in original pixels, ``class_id`` indexes
-        :attr:`class_names`, ``data["class_name"]`` holds the names.
+        :attr:`class_names` (the head row), ``data["class_name"]`` holds the names and
+        ``data["category_id"]`` the dataset's (or COCO's) category ids.
         """
         batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
         self.model.eval()
@@ -117,20 +130,26 @@ class RFDETR:
                                              score_threshold=threshold)
         else:
             results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)
-        detections = to_detections(results, threshold, self.class_names)
+        detections = to_detections(results, threshold, self.classes)
         return detections if is_list else detections[0]
 
     def train(self, **train_kwargs: Any):
         """Fine-tune on a COCO-format dataset; keyword arguments are :class:`~rfdetr.config.TrainConfig` fields.
 
-        The class heads are rebuilt for the dataset's classes (everything else keeps the loaded
-        weights); afterwards the wrapper holds the best weights of the run. Returns the
+        The model takes the dataset's classes: every class the loaded checkpoint has keeps its
+        trained head rows (matched by name, in the dataset's label order); the heads are rebuilt
+        only when some class has no trained row (a WARNING names them). Everything else keeps the
+        loaded weights; afterwards the wrapper holds the best weights of the run. Returns the
         :class:`~rfdetr.training.trainer.TrainResult`.
         """
         from rfdetr.config import TrainConfig
         from rfdetr.datasets.coco import dataset_classes
         from rfdetr.training.trainer import Trainer
 
+        if self.masks:
+            raise ValueError("train() fine-tunes detectors, and this model has a mask head: train the mask head with "
+                             "train_seg_stage2.py (or both with train_seg_single_stage.py), or construct the "
+                             "wrapper with masks=False to fine-tune its detector")
         config = TrainConfig(**train_kwargs)
         classes = dataset_classes(config.dataset_dir, "train")
         if classes != self.classes:
@@ -173,33 +192,32 @@ def _load_mask_head(model: DETRsegm, checkpoint: dict | None, source: Any) -> No
 
 
 def _read_weights(pretrain_weights: str | os.PathLike) -> dict:
-    from rfdetr.weights import resolve_weights
+    from rfdetr.weights import is_pretrained_name, resolve_weights
 
-    return read_checkpoint(resolve_weights(pretrain_weights))
+    return read_checkpoint(resolve_weights(pretrain_weights), trusted=is_pretrained_name(pretrain_weights))
 
 
 def _choose_classes(stored: ClassTable | None, num_classes: int | None,
-                    class_names: Sequence[str] | ClassTable | None) -> tuple[ClassTable, bool]:
-    """The model's class table and whether the checkpoint's class heads can be kept."""
+                    class_names: Sequence[str] | ClassTable | None) -> ClassTable:
+    """The model's class table from the checkpoint's (``stored``) and the caller's arguments."""
     if isinstance(class_names, ClassTable):  # a dataset's table (category ids included)
         if num_classes is not None and num_classes != class_names.num_rows - 1:
             raise ValueError(f"num_classes={num_classes} does not match the class table ({class_names.describe()})")
-        return class_names, stored == class_names
+        return class_names
     if class_names is not None:
-        table = ClassTable.from_names(class_names)
-        if num_classes is not None and num_classes != len(table.entries):
-            raise ValueError(f"num_classes={num_classes} but {len(table.entries)} class_names were given")
-        if stored is not None and stored.names == table.names:
-            return stored, True
-        generic = stored is not None and all(n == f"class_{i}" for i, n in enumerate(stored.names))
-        return table, generic and stored.num_rows == table.num_rows
-    if num_classes is not None:
+        names = list(class_names)
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes={num_classes} but {len(names)} class_names were given")
+        if stored is not None and stored.names == names:
+            return stored
+        if stored is not None and set(names) <= set(stored.names):
+            return stored.subset(names)[0]  # the checkpoint's classes, re-ordered or a subset
+        return ClassTable.from_names(names)
+    if num_classes is not None:  # as in the configs: the head has num_classes + 1 rows
         if stored is not None and stored.num_rows == num_classes + 1:
-            return stored, True
-        return ClassTable.from_names([f"class_{i}" for i in range(num_classes)]), False
-    if stored is not None:
-        return stored, True
-    return ClassTable.coco(), True
+            return stored
+        return ClassTable.placeholder(range(num_classes), num_rows=num_classes + 1)
+    return stored if stored is not None else ClassTable.coco()
 
 
 class RFDETRNano(RFDETR):

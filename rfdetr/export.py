@@ -177,7 +177,7 @@ class ONNXDetector:
         results = self.postprocess(detector_outputs, sizes, class_rows=self.classes.class_rows)
         if "masks" in outputs:
             results = self._with_masks(results, outputs, sizes, threshold)
-        detections = to_detections(results, threshold, self.class_names)
+        detections = to_detections(results, threshold, self.classes)
         return detections if is_list else detections[0]
 
     def _with_masks(self, results: list[dict], outputs: dict, sizes: torch.Tensor, threshold: float) -> list[dict]:

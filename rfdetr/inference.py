@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from rfdetr.classes import ClassTable
 from rfdetr.inputs import as_image_list, load_pixels
 from rfdetr.preprocess import resize_normalize
 
@@ -21,8 +22,12 @@ def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cp
     return batch, sizes, is_list
 
 
-def to_detections(results: list[dict[str, torch.Tensor]], threshold: float, class_names: Mapping[int, str]):
-    """PostProcess results -> ``supervision.Detections`` per image, keeping scores above ``threshold``."""
+def to_detections(results: list[dict[str, torch.Tensor]], threshold: float, classes: ClassTable):
+    """PostProcess results -> ``supervision.Detections`` per image, keeping scores above ``threshold``.
+
+    ``class_id`` is the head row (label); ``data["class_name"]`` and ``data["category_id"]`` (the
+    dataset's or COCO's id) come from ``classes``.
+    """
     import supervision as sv
 
     detections = []
@@ -35,6 +40,7 @@ def to_detections(results: list[dict[str, torch.Tensor]], threshold: float, clas
             mask=None if masks is None else masks[keep[:len(masks)]].cpu().numpy().astype(bool),
             confidence=result["scores"][keep].float().cpu().numpy(),
             class_id=labels,
-            data={"class_name": np.array([class_names[int(label)] for label in labels], dtype=str)},
+            data={"class_name": np.array([classes.name_of(int(label)) for label in labels], dtype=str),
+                  "category_id": np.array([classes.category_id_of(int(label)) for label in labels], dtype=int)},
         ))
     return detections

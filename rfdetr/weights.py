@@ -8,7 +8,8 @@ Lookup order for ``resolve_weights(name_or_path)``:
 4. a download into the cache folder.
 
 A download streams into a temporary file beside its destination, checks the byte count against
-``Content-Length`` and that ``torch.load`` accepts the result, then renames it into place. Any
+``Content-Length`` and that it reads as a checkpoint of the table (``trusted``: the data-only
+globals that upstream training files pickle are allowed), then renames it into place. Any
 failure removes the temporary file and raises :class:`WeightsDownloadError`, which names the URL
 and where the file can be put by hand.
 """
@@ -47,6 +48,11 @@ def cache_dir() -> Path:
     """Folder for downloaded checkpoints: ``$RFDETR_CACHE`` or ``~/.cache/rfdetr``."""
     configured = os.environ.get("RFDETR_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "rfdetr"
+
+
+def is_pretrained_name(name_or_path: str | os.PathLike) -> bool:
+    """Whether this names a file of the pretrained-weights table (which is read as trusted)."""
+    return os.fspath(name_or_path) in PRETRAINED_URLS
 
 
 def resolve_weights(name_or_path: str | os.PathLike, *, download: bool = True,
@@ -90,7 +96,7 @@ def download_file(url: str, destination: str | os.PathLike, *, timeout: float = 
                     progress.update(len(chunk))
         if expected is not None and received != expected:
             raise WeightsDownloadError(_failure(url, destination, f"got {received} of {expected} bytes"))
-        read_checkpoint(temporary)
+        read_checkpoint(temporary, trusted=True)  # a file of the table: its data-only globals are allowed
         os.replace(temporary, destination)
     except WeightsDownloadError:
         _remove(temporary)

@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,24 @@ def filled_detector():
         return _filled_detector(size).eval()
 
     return make
+
+
+def reference_make_checkpoint():
+    """The reference writer of upstream-format checkpoints (make_checkpoint.py)."""
+    folder = str(reference_path("make_checkpoint.py").parent)
+    sys.path.insert(0, folder)  # it imports fill_weights from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("reference_make_checkpoint", reference_path("make_checkpoint.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(folder)
+
+
+@pytest.fixture(scope="session")
+def upstream_nano_file(tmp_path_factory):
+    """A full upstream-format nano checkpoint ({'model', 'args': Namespace}), seed-0 weights (written once)."""
+    path = tmp_path_factory.mktemp("upstream") / "rf-detr-nano-seed0.pth"
+    reference_make_checkpoint().write_checkpoint("nano", 0, path, ref_dir=reference_path("keys_nano.txt").parent)
+    return path

@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
 import torch
 
 from conftest import golden, reference_path
-from rfdetr.checkpoint import (CheckpointError, checkpoint_class_table, checkpoint_size, load_state_dict,
-                               make_checkpoint, read_checkpoint, save_checkpoint)
+from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
+                               load_state_dict, make_checkpoint, read_checkpoint, save_checkpoint)
 from rfdetr.classes import ClassTable
 from rfdetr.config import model_config
 from rfdetr.models import build_detector
-
-
-def _reference_make_checkpoint():
-    sys.path.insert(0, str(reference_path("make_checkpoint.py").parent))
-    try:
-        spec = importlib.util.spec_from_file_location("reference_make_checkpoint", reference_path("make_checkpoint.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.pop(0)
-
-
-@pytest.fixture(scope="module")
-def upstream_nano_file(tmp_path_factory):
-    """A full upstream-format nano checkpoint ({'model', 'args': Namespace}), seed-0 weights."""
-    path = tmp_path_factory.mktemp("upstream") / "rf-detr-nano-seed0.pth"
-    _reference_make_checkpoint().write_checkpoint("nano", 0, path, ref_dir=reference_path("keys_nano.txt").parent)
-    return path
 
 
 def test_upstream_checkpoint_loads_strictly_and_reproduces_golden(upstream_nano_file):
@@ -41,24 +19,37 @@ def test_upstream_checkpoint_loads_strictly_and_reproduces_golden(upstream_nano_
     assert checkpoint_class_table(checkpoint) == ClassTable.coco()
     model = build_detector(model_config("nano"))
     report = load_state_dict(model, checkpoint["model"], size="nano")
-    assert report.missing == report.unexpected == report.rebuilt_heads == []
+    assert report.missing == report.unexpected == report.excluded == []
     g = golden("nano")
     with torch.no_grad():
         out = model.eval()(g["input_a"])
     torch.testing.assert_close(out["pred_logits"], g["out_a"]["pred_logits"], atol=1e-4, rtol=0)
 
 
-def test_other_class_count_rebuilds_exactly_the_class_heads(upstream_nano_file):
+def test_other_class_count_is_an_error_unless_the_heads_are_excluded(upstream_nano_file):
     checkpoint = read_checkpoint(upstream_nano_file)
     model = build_detector(model_config("nano", num_classes=3))
     fresh_head = model.class_embed.weight.clone()
-    report = load_state_dict(model, checkpoint["model"])
-    assert sorted(report.rebuilt_heads) == sorted(
+    # A load that keeps the heads never re-initialises them on a shape mismatch.
+    with pytest.raises(CheckpointError, match=r"enc_out_class_embed\.0\.weight is \[91, 256\] in the file but "
+                                              r"\[4, 256\].*pass class_names"):
+        load_state_dict(model, checkpoint["model"], source=str(upstream_nano_file))
+    with pytest.raises(CheckpointError, match="rf-detr-nano-seed0.pth does not fit this model's class head"):
+        load_state_dict(model, checkpoint["model"], source=str(upstream_nano_file))
+    report = load_state_dict(model, checkpoint["model"], exclude=CLASS_HEAD_PATTERNS)
+    assert sorted(report.excluded) == sorted(
         ["class_embed.weight", "class_embed.bias"]
         + [f"transformer.enc_out_class_embed.{g}.{p}" for g in range(13) for p in ("weight", "bias")])
     assert torch.equal(model.class_embed.weight, fresh_head)
     assert model.class_embed.out_features == 4 and model.transformer.enc_out_class_embed[12].out_features == 4
     assert torch.equal(model.bbox_embed.layers[0].weight, checkpoint["model"]["bbox_embed.layers.0.weight"])
+
+
+def test_stripped_state_without_heads_is_an_error_naming_what_to_pass(upstream_nano_file):
+    state = {k: v for k, v in read_checkpoint(upstream_nano_file)["model"].items() if "class_embed" not in k}
+    model = build_detector(model_config("nano"))
+    with pytest.raises(CheckpointError, match=r"stripped.*class_names=\[\.\.\.\] or num_classes=N"):
+        load_state_dict(model, state, strict=False, source="stripped.pth")
 
 
 def test_checkpoint_of_another_size_is_refused_naming_both(upstream_nano_file):

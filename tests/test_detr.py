@@ -13,11 +13,10 @@ from conftest import golden
 from rfdetr import RFDETRNano, RFDETRSmall
 from rfdetr.checkpoint import CheckpointError, read_checkpoint
 from rfdetr.classes import ClassTable
-from test_checkpoint import upstream_nano_file  # noqa: F401  (module-scoped fixture)
 
 
 @pytest.fixture(scope="module")
-def coco_nano(upstream_nano_file):  # noqa: F811
+def coco_nano(upstream_nano_file):
     return RFDETRNano(pretrain_weights=upstream_nano_file, device="cpu")
 
 
@@ -65,7 +64,7 @@ def test_threshold_and_list_input(coco_nano):
     assert batch[1].xyxy[:, 2].max() <= 600 * 1.1  # original pixels of the 600 px wide photo
 
 
-def test_new_class_names_rebuild_only_the_heads(upstream_nano_file):  # noqa: F811
+def test_new_class_names_rebuild_only_the_heads(upstream_nano_file):
     model = RFDETRNano(pretrain_weights=upstream_nano_file, class_names=["cat", "dog"], device="cpu")
     assert model.class_names == {0: "cat", 1: "dog"}
     assert model.model.class_embed.out_features == 3
@@ -76,12 +75,12 @@ def test_new_class_names_rebuild_only_the_heads(upstream_nano_file):  # noqa: F8
     assert set(detections.class_id.tolist()) <= {0, 1}
 
 
-def test_num_classes_matching_the_checkpoint_keeps_its_table(upstream_nano_file):  # noqa: F811
+def test_num_classes_matching_the_checkpoint_keeps_its_table(upstream_nano_file):
     model = RFDETRNano(pretrain_weights=upstream_nano_file, num_classes=90, device="cpu")
     assert model.classes == ClassTable.coco()
 
 
-def test_checkpoint_of_another_size_is_refused(upstream_nano_file):  # noqa: F811
+def test_checkpoint_of_another_size_is_refused(upstream_nano_file):
     with pytest.raises(CheckpointError, match="nano checkpoint but this is a small model"):
         RFDETRSmall(pretrain_weights=upstream_nano_file, device="cpu")
 

@@ -21,7 +21,6 @@ from rfdetr.checkpoint import is_class_head_key, read_checkpoint
 from rfdetr.config import TrainConfig
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.training.segmentation import STAGE1_CHECKPOINT_NAMES, find_stage1_checkpoint, single_stage_run
-from test_checkpoint import upstream_nano_file  # noqa: F401  (module-scoped fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +140,7 @@ def test_stage1_checkpoint_search_order(tmp_path):
 # Fewer query groups than the file (13): the query tables are cut and the two-stage heads of the
 # missing groups are left out.
 @pytest.mark.parametrize("group_detr", [13, 1])
-def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, data, tmp_path,  # noqa: F811
+def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, data, tmp_path,
                                                           group_detr):
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), resolution=128, device="cpu",
                          num_workers=0, tensorboard=False)
@@ -166,7 +165,7 @@ def test_single_stage_from_a_stage1_detector_keeps_its_class_heads(stage1_run, d
     assert all(torch.equal(detector[key], stage1[key]) for key in stage1)
 
 
-def test_single_stage_script_trains_detector_and_mask_head(upstream_nano_file, data, tmp_path, capsys):  # noqa: F811
+def test_single_stage_script_trains_detector_and_mask_head(upstream_nano_file, data, tmp_path, capsys):
     run = tmp_path / "single"
     # All 13 query groups (see FEWER_GROUPS_UNSUPPORTED), so one image per step to stay quick.
     code = train_seg_single_stage.main(["--pretrain_weights", str(upstream_nano_file), "--dataset_dir", str(data),

@@ -10,11 +10,10 @@ import strip_class_heads
 from rfdetr import RFDETRNano
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.inference import prepare_batch
-from test_checkpoint import upstream_nano_file  # noqa: F401  (module-scoped fixture)
 from test_lwdetr import ProposalRecorder
 
 
-def test_shrink_keeps_the_named_classes_in_every_head(upstream_nano_file, tmp_path, capsys):  # noqa: F811
+def test_shrink_keeps_the_named_classes_in_every_head(upstream_nano_file, tmp_path, capsys):
     out = tmp_path / "person-dog.pth"
     assert shrink_head.main(["--in_ckpt", str(upstream_nano_file), "--out_ckpt", str(out),
                              "--keep", "person", "dog"]) == 0
@@ -24,7 +23,7 @@ def test_shrink_keeps_the_named_classes_in_every_head(upstream_nano_file, tmp_pa
     heads = [k for k in state if "class_embed" in k]
     assert len(heads) == 2 * 14 and all(state[k].shape[0] == 3 for k in heads)
     assert torch.equal(state["transformer.enc_out_class_embed.7.weight"],
-                       full_state["transformer.enc_out_class_embed.7.weight"][[1, 18, 90]])
+                       full_state["transformer.enc_out_class_embed.7.weight"][[1, 18, 83]])
 
     full = RFDETRNano(pretrain_weights=upstream_nano_file, device="cpu")
     shrunk = RFDETRNano(pretrain_weights=out, device="cpu")
@@ -42,7 +41,7 @@ def test_shrink_keeps_the_named_classes_in_every_head(upstream_nano_file, tmp_pa
     torch.testing.assert_close(shrunk_out["pred_boxes"], full_out["pred_boxes"], atol=1e-6, rtol=0)
 
 
-def test_shrink_refuses_unknown_and_duplicate_names(upstream_nano_file, tmp_path, capsys):  # noqa: F811
+def test_shrink_refuses_unknown_and_duplicate_names(upstream_nano_file, tmp_path, capsys):
     out = tmp_path / "bad.pth"
     assert shrink_head.main(["--in_ckpt", str(upstream_nano_file), "--out_ckpt", str(out),
                              "--keep", "person", "unicorn"]) == 2
@@ -54,7 +53,7 @@ def test_shrink_refuses_unknown_and_duplicate_names(upstream_nano_file, tmp_path
     assert not out.exists()
 
 
-def test_stripped_checkpoint_loads_with_any_class_count(upstream_nano_file, tmp_path):  # noqa: F811
+def test_stripped_checkpoint_loads_with_any_class_count(upstream_nano_file, tmp_path):
     out = tmp_path / "stripped.pth"
     assert strip_class_heads.main([str(upstream_nano_file), str(out)]) == 0
     state = read_checkpoint(out)["model"]

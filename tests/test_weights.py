@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import fractions
 import io
+import pathlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
 import pytest
 import torch
 
+from rfdetr.checkpoint import CheckpointError, read_checkpoint
 from rfdetr.weights import PRETRAINED_URLS, WeightsDownloadError, cache_dir, download_file, resolve_weights
 
 
@@ -22,6 +27,17 @@ def _checkpoint_bytes() -> bytes:
 CHECKPOINT = _checkpoint_bytes()
 
 
+def _training_file_bytes() -> bytes:
+    """A training file as upstream writes it: ``args`` holds a numpy scalar and a filesystem path."""
+    buffer = io.BytesIO()
+    args = argparse.Namespace(lr=np.float64(1e-4), output_dir=pathlib.PosixPath("/runs/coco"), epochs=12)
+    torch.save({"model": {"w": torch.arange(4.0)}, "args": args, "epoch": 11}, buffer)
+    return buffer.getvalue()
+
+
+TRAINING_FILE = _training_file_bytes()
+
+
 class _Handler(BaseHTTPRequestHandler):
     requests: list[str] = []
 
@@ -31,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(CHECKPOINT)
         elif self.path == "/truncated.pth":
             self._reply(CHECKPOINT[:100], length=len(CHECKPOINT))
+        elif self.path == "/training.pth":
+            self._reply(TRAINING_FILE)
         elif self.path == "/html.pth":
             self._reply(b"<html>quota exceeded</html>")
         else:
@@ -115,7 +133,7 @@ def test_server_gone(cache):
 
 
 def test_interrupt_removes_partial_file(server, cache, monkeypatch):
-    def interrupted(path):
+    def interrupted(path, **options):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("rfdetr.weights.read_checkpoint", interrupted)
@@ -129,3 +147,21 @@ def test_unknown_name_and_offline(cache):
         resolve_weights("rf-detr-tiny.pth")
     with pytest.raises(FileNotFoundError, match="nano_coco/checkpoint_best_regular.pth"):
         resolve_weights("rf-detr-nano.pth", download=False)
+
+
+def test_table_files_may_hold_data_only_globals_other_files_name_them(server, cache, tmp_path):
+    # Upstream training files pickle numpy scalars and paths in ``args``: a file of the table is
+    # read with those allowed (it used to be deleted as "incomplete").
+    path = resolve_weights("model.pth", urls={"model.pth": f"{server}/training.pth"})
+    args = read_checkpoint(path, trusted=True)["args"]
+    assert args.lr == 1e-4 and args.output_dir == pathlib.PosixPath("/runs/coco")
+    # Any other file: the error names the globals and how to allow them; nothing is unpickled.
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert "multiarray.scalar" in message and "pathlib.PosixPath" in message and str(path) in message
+    assert "add_safe_globals" in message and "argparse.Namespace" not in message
+    foreign = tmp_path / "foreign.pth"
+    torch.save({"model": {}, "note": fractions.Fraction(1, 3)}, foreign)
+    with pytest.raises(CheckpointError, match="fractions.Fraction"):
+        read_checkpoint(foreign, trusted=True)  # trust covers the listed data types only

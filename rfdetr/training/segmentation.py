@@ -15,12 +15,14 @@ import os
 from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
-from rfdetr.checkpoint import CheckpointError, checkpoint_class_table, checkpoint_size, load_state_dict, read_checkpoint
+from rfdetr.checkpoint import (CheckpointError, checkpoint_class_table, checkpoint_size, detector_state,
+                               load_state_dict, read_checkpoint)
 from rfdetr.classes import ClassTable
 from rfdetr.config import ModelConfig, TrainConfig, model_config
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.models import DETRsegm, build_criterion, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
+from rfdetr.surgery import fit_class_heads
 from rfdetr.training.engine import unwrap
 from rfdetr.training.trainer import Trainer, TrainResult
 
@@ -34,31 +36,37 @@ def default_mask_head(size: str) -> MaskHeadName:
     return "nano" if size == "nano" else "small"
 
 
-def detector_state(state: Mapping) -> dict:
-    """The detector part of a state dict: stage-2 files keep it under ``detr.``, stage-1 files bare."""
-    if any(key.startswith("detr.") for key in state):
-        return {key[len("detr."):]: value for key, value in state.items() if key.startswith("detr.")}
-    return dict(state)
-
-
 def load_frozen_detector(path: str | os.PathLike, classes: ClassTable, size: str | None = None):
-    """``(detector, config)`` from a stage-1 (or stage-2) checkpoint whose classes are ``classes``."""
+    """``(detector, config)`` from a stage-1 (or stage-2) checkpoint that has a trained row for each of ``classes``.
+
+    The checkpoint's head rows are matched to the dataset's classes by the one rule of
+    :func:`rfdetr.classes.match_rows` (by name; by category id for files without names) and
+    re-sliced into the dataset's label order, so an upstream fine-tune (label = category id) or a
+    shrunk COCO checkpoint serves the dataset without a shift.
+    """
     checkpoint = read_checkpoint(path)
-    stored = checkpoint_class_table(checkpoint)
+    stored = checkpoint_class_table(checkpoint, str(path))
     found = checkpoint_size(checkpoint)
     size = size or found
     if found is not None and size != found:
         raise CheckpointError(f"{path} is a {found} checkpoint, not {size}; pass --size {found}")
-    if stored is None or stored.names != classes.names or stored.num_rows != classes.num_rows:
+    if stored is None:
+        raise CheckpointError(f"the detector in {path} has no class heads (it was stripped): stage 2 needs the "
+                              f"detector trained on this dataset (python train_detector_stage1.py --size {size} "
+                              "--dataset_dir ...)")
+    state = detector_state(checkpoint["model"])
+    fitted = fit_class_heads(state, stored, classes, str(path))
+    if fitted is None:
         raise CheckpointError(
-            f"the detector in {path} has classes {stored.describe() if stored else 'unknown'} but the dataset has "
-            f"{classes.describe()}. Train the detector on this dataset first (python train_detector_stage1.py "
-            f"--size {size} --dataset_dir ...), or cut a COCO checkpoint down to the dataset's classes with "
-            f"python shrink_head.py --in_ckpt {path} --out_ckpt detector.pth --keep {' '.join(classes.names)}")
+            f"the detector in {path} has classes {stored.describe()} but the "
+            f"dataset has {classes.describe()}. Train the detector on this dataset first (python "
+            f"train_detector_stage1.py --size {size} --dataset_dir ...), or cut a COCO checkpoint down to the "
+            f"dataset's classes with python shrink_head.py --in_ckpt {path} --out_ckpt detector.pth --keep "
+            f"{' '.join(classes.names)}")
     saved = {k: v for k, v in checkpoint.get("config", {}).items() if k not in ("size", "num_classes")}
     config = model_config(size, **{**saved, "num_classes": classes.num_rows - 1, "pretrain_weights": os.fspath(path)})
     detector = build_detector(config)
-    load_state_dict(detector, detector_state(checkpoint["model"]), source=str(path), size=found)  # strict
+    load_state_dict(detector, fitted, source=str(path), size=found)  # strict
     return detector, config
 
 
