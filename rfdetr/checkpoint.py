@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rfdetr.classes import COCO_NUM_ROWS, ClassEntry, ClassTable
-from rfdetr.config import SIZE_PRESETS, ModelConfig
+from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +180,27 @@ def checkpoint_size(checkpoint: Mapping) -> str | None:
         if present and all(args[name] == preset[name] for name in present):
             return size
     return None
+
+
+def stored_run_config(checkpoint: Mapping, source: str = "the checkpoint") -> RunConfig:
+    """The :class:`RunConfig` a training checkpoint stores (``"run"``), or the one its older entries imply.
+
+    Checkpoints written before the run config was stored hold ``config`` (model), ``train_config``
+    and, for mask runs, ``masks``; files without these (upstream, weights-only) are not runs.
+    """
+    if isinstance(checkpoint.get("run"), Mapping):
+        run = dict(checkpoint["run"])
+        model = {k: v for k, v in run["model"].items() if k not in RETIRED_MODEL_FIELDS}
+        return RunConfig.model_validate({**run, "model": model})
+    if not isinstance(checkpoint.get("config"), Mapping) or not isinstance(checkpoint.get("train_config"), Mapping):
+        raise CheckpointError(f"{source} does not describe a training run (no stored run config): resume from the "
+                              "checkpoint.pth of a run folder, or start a new run from this file")
+    masks = checkpoint.get("masks") or None
+    if masks is not None:
+        masks = {k: v for k, v in masks.items() if k in MaskConfig.model_fields}
+    stage = "detector" if masks is None else ("masks" if masks.get("frozen_detector", True) else "joint")
+    return RunConfig(stage=stage, model=ModelConfig.from_stored(checkpoint["config"]),
+                     train=checkpoint["train_config"], mask=masks)
 
 
 @dataclass

@@ -50,12 +50,18 @@ PRETRAINED_NAMES = {
 }
 
 
+# ModelConfig fields that earlier checkpoints stored but nothing ever read (always True).
+RETIRED_MODEL_FIELDS = ("two_stage", "bbox_reparam", "lite_refpoint_refine", "layer_norm")
+
+
 class ModelConfig(BaseModel):
     """Architecture of one RF-DETR detector.
 
     Field names follow the upstream configuration so that checkpoints and documentation read the
     same. ``num_classes`` is the highest class index; the class head has ``num_classes + 1`` rows
-    (the COCO checkpoints: 90 -> 91 rows).
+    (the COCO checkpoints: 90 -> 91 rows). The model is always two-stage with box
+    reparameterisation, the only RF-DETR design; :meth:`from_stored` reads configs stored by
+    earlier versions, which still named those switches.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -78,15 +84,17 @@ class ModelConfig(BaseModel):
     num_select: int = 300
     group_detr: int = 13
     dim_feedforward: int = 2048
-    two_stage: bool = True
-    bbox_reparam: bool = True
-    lite_refpoint_refine: bool = True
-    layer_norm: bool = True
     aux_loss: bool = True
     # Training only: recompute ViT blocks in backward instead of storing their activations
     # (nano, batch 2 at 384 on CPU: -8% peak RSS, +25% step time). Off for the fastest steps.
     gradient_checkpointing: bool = True
     pretrain_weights: str | None = None
+
+    @classmethod
+    def from_stored(cls, stored: dict, **overrides) -> "ModelConfig":
+        """A config saved in a checkpoint (fields of earlier versions that are no longer read dropped)."""
+        fields = {k: v for k, v in stored.items() if k not in RETIRED_MODEL_FIELDS}
+        return cls(**{**fields, **overrides})
 
     @property
     def encoder_spec(self) -> EncoderSpec:
@@ -219,7 +227,7 @@ class TrainConfig(BaseModel):
     set_cost_bbox: float = 5.0
     set_cost_giou: float = 2.0
     focal_alpha: float = 0.25
-    early_stopping: bool = False
+    early_stopping: bool = True  # on the validation AP that selects checkpoints
     early_stopping_patience: int = Field(10, ge=1)
     early_stopping_min_delta: float = Field(0.001, ge=0)
     early_stopping_use_ema: bool = False
@@ -233,3 +241,51 @@ class TrainConfig(BaseModel):
     resume: str | None = None
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for quick runs and tests
     progress_bar: bool = True
+
+
+MaskHeadName = Literal["small", "nano"]
+StageName = Literal["detector", "masks", "joint"]
+
+
+class MaskConfig(BaseModel):
+    """The mask head of a segmentation model and how it trains (facts sheet sections 7.3, 9).
+
+    ``mask_head``: ``"nano"`` (light, for the nano size) or ``"small"`` (DETR's head);
+    ``frozen_detector``: stage 2 (only the mask head trains) or single stage (everything trains).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    mask_head: MaskHeadName
+    frozen_detector: bool = True
+    mask_loss_coef: float = Field(1.0, ge=0)
+    dice_loss_coef: float = Field(1.0, ge=0)
+
+
+def mask_config(size: str, **overrides) -> MaskConfig:
+    """The :class:`MaskConfig` of ``size``: the nano head for nano, DETR's small head otherwise."""
+    given = {k: v for k, v in overrides.items() if v is not None}  # None: "not given"
+    return MaskConfig(**{"mask_head": "nano" if size == "nano" else "small", **given})
+
+
+class RunConfig(BaseModel):
+    """Everything that describes a training run; every checkpoint stores it, ``--resume RUN_DIR`` reads it.
+
+    stage: ``"detector"`` (stage 1), ``"masks"`` (stage 2: a mask head on the frozen detector) or
+    ``"joint"`` (single stage: detector and mask head together); ``mask`` is set for the last two.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: StageName
+    model: ModelConfig
+    train: TrainConfig
+    mask: MaskConfig | None = None
+
+    @model_validator(mode="after")
+    def _stage_and_mask_agree(self) -> "RunConfig":
+        if (self.stage == "detector") != (self.mask is None):
+            raise ValueError(f"stage {self.stage!r} {'takes no' if self.stage == 'detector' else 'needs a'} mask config")
+        if self.mask is not None and self.mask.frozen_detector != (self.stage == "masks"):
+            raise ValueError(f"stage {self.stage!r} does not match frozen_detector={self.mask.frozen_detector}")
+        return self

@@ -1,18 +1,10 @@
 """User-facing model wrappers: ``RFDETRNano(...).predict(image)``.
 
-A wrapper holds the detector (``.model``), its :class:`~rfdetr.config.ModelConfig` (``.config``),
-its :class:`~rfdetr.classes.ClassTable` (``.classes``) and its device. Sizes are data: the
-``RFDETR<Size>`` classes only name a row of :data:`rfdetr.config.SIZE_PRESETS`.
-
-Which classes a model has is decided once, here:
-``class_names`` given -> those names (a dataset's table keeps its category ids; names that are all
-in the checkpoint keep the checkpoint's category ids);
-``num_classes`` given -> that many classes (the checkpoint's if it has that many);
-otherwise -> the checkpoint's classes (the COCO table for the published checkpoints; a checkpoint
-without class heads then is an error).
-The checkpoint's trained head rows are kept for every class it has, in any order or subset
-(:func:`rfdetr.surgery.fit_class_heads`); only when some class has no trained row are the heads
-rebuilt, with a WARNING naming those classes.
+A wrapper holds the model (``.model``: the detector, or a ``DETRsegm`` with its mask head), its
+:class:`~rfdetr.config.ModelConfig` (``.config``), its :class:`~rfdetr.classes.ClassTable`
+(``.classes``) and its device. Sizes are data: the ``RFDETR<Size>`` classes only name a row of
+:data:`rfdetr.config.SIZE_PRESETS`. How a checkpoint becomes a model, and which classes it gets,
+is :func:`rfdetr.loading.load_model`'s job.
 """
 
 from __future__ import annotations
@@ -24,34 +16,26 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
-                               detector_state, load_state_dict, read_checkpoint)
-from rfdetr.classes import ClassTable
-from rfdetr.config import PRETRAINED_NAMES, ModelConfig, model_config
+from rfdetr.checkpoint import read_checkpoint
+from rfdetr.config import PRETRAINED_NAMES, ModelConfig
 from rfdetr.inference import prepare_batch, to_detections
-from rfdetr.models import DETRsegm, PostProcess, build_detector
+from rfdetr.loading import load_model
+from rfdetr.models import PostProcess
 from rfdetr.models.mask_postprocess import PostProcessMasks
-from rfdetr.surgery import fit_class_heads
-from rfdetr.training.segmentation import default_mask_head
+from rfdetr.util.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT = object()  # "the size's COCO checkpoint"
 
 
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 class RFDETR:
     """An RF-DETR detector of a given ``size`` with its classes, ready to predict.
 
     pretrain_weights: a table name (``"rf-detr-nano.pth"``, downloaded if needed), a file path, or
-    ``None`` for random weights; default: the size's COCO checkpoint. Other keyword arguments are
+    ``None`` for random weights; default: the size's COCO checkpoint. ``num_classes`` /
+    ``class_names``: the classes to have (default: the checkpoint's); ``masks`` / ``mask_head``:
+    wrap with a mask head (default: when the checkpoint has one). Other keyword arguments are
     :class:`~rfdetr.config.ModelConfig` fields (unknown ones raise).
     """
 
@@ -62,48 +46,24 @@ class RFDETR:
                  pretrain_exclude_keys: Sequence[str] = (), masks: bool | None = None, mask_head: str | None = None,
                  **config_overrides: Any):
         size = size or self.size
-        # Remembered so that train() can rebuild the heads for a dataset's classes from the same weights.
-        self._init_arguments = dict(size=size, pretrain_weights=pretrain_weights, device=device,
-                                    pretrain_exclude_keys=list(pretrain_exclude_keys), **config_overrides)
         if size is None:
             raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
         if "num_classes" in config_overrides or "pretrain_weights" in config_overrides:
             raise ValueError("pass num_classes / pretrain_weights as their own arguments")
         if pretrain_weights is _DEFAULT:
             pretrain_weights = PRETRAINED_NAMES[size]
-        checkpoint = _read_weights(pretrain_weights) if pretrain_weights is not None else None
-        if checkpoint is not None:
-            found = checkpoint_size(checkpoint)
-            if found is not None and found != size:
-                raise CheckpointError(f"{pretrain_weights} is a {found} checkpoint but this is a {size} model; "
-                                      f"use RFDETR{found.capitalize()} (or pass the {size} checkpoint)")
-        origin = os.fspath(pretrain_weights) if pretrain_weights is not None else "no checkpoint"
-        stored = checkpoint_class_table(checkpoint, origin) if checkpoint is not None else None
-        if checkpoint is not None and stored is None and num_classes is None and class_names is None:
-            raise CheckpointError(f"{origin} has no class heads (it was stripped): say which classes the model "
-                                  "should have, class_names=[...] or num_classes=N, and the heads are built fresh")
-        self.classes = _choose_classes(stored, num_classes, class_names)
-        # Our checkpoints carry their model config: its geometry is the default, explicit keywords win.
-        saved = {k: v for k, v in (checkpoint or {}).get("config", {}).items()
-                 if k not in ("size", "num_classes", "pretrain_weights")}
-        self.config: ModelConfig = model_config(size, num_classes=self.classes.num_rows - 1,
-                                                pretrain_weights=None if pretrain_weights is None
-                                                else os.fspath(pretrain_weights), **{**saved, **config_overrides})
-        detector = build_detector(self.config)
-        if checkpoint is not None:
-            state = detector_state(checkpoint["model"])
-            fitted = fit_class_heads(state, stored, self.classes, origin) if stored is not None else None
-            exclude = list(pretrain_exclude_keys) + (list(CLASS_HEAD_PATTERNS) if fitted is None else [])
-            load_state_dict(detector, state if fitted is None else fitted, exclude=exclude, source=origin,
-                            size=checkpoint_size(checkpoint))
-        stored_masks = (checkpoint or {}).get("masks") or {}
-        self.masks = bool(stored_masks) if masks is None else masks
-        self.model = detector
-        if self.masks:  # a detector wrapped with its mask head (a stage-2 / single-stage checkpoint)
-            head = mask_head or stored_masks.get("mask_head") or default_mask_head(size)
-            self.model = DETRsegm(detector, freeze_detr=True, mask_head=head)
-            _load_mask_head(self.model, checkpoint, pretrain_weights)
-        self.device = torch.device(device) if device is not None else default_device()
+        # Kept so that train() can fit the heads to a dataset's classes from the same weights.
+        self._load_arguments = dict(size=size, pretrain_weights=pretrain_weights, num_classes=num_classes,
+                                    class_names=class_names, exclude=list(pretrain_exclude_keys), masks=masks,
+                                    mask_head=mask_head, config_overrides=config_overrides)
+        self.device = resolve_device(device)
+        self._load(**self._load_arguments)
+
+    def _load(self, **arguments: Any) -> None:
+        loaded = load_model(**arguments)
+        self.model, self.classes, self.mask_config = loaded.model, loaded.classes, loaded.mask
+        self.config: ModelConfig = loaded.config
+        self.masks = loaded.mask is not None
         self.model.to(self.device).eval()
         self.postprocess = PostProcess(self.config.num_select)
         self.postprocess_masks = PostProcessMasks(self.config.num_select, max_masks=None)
@@ -138,30 +98,34 @@ class RFDETR:
 
         The model takes the dataset's classes: every class the loaded checkpoint has keeps its
         trained head rows (matched by name, in the dataset's label order); the heads are rebuilt
-        only when some class has no trained row (a WARNING names them). Everything else keeps the
-        loaded weights; afterwards the wrapper holds the best weights of the run. Returns the
+        only when some class has no trained row (a WARNING names them). A detector trains as stage
+        1; a model with a mask head trains its mask head on the frozen detector (a stage-2
+        checkpoint) or everything together (a single-stage one). Afterwards the wrapper holds the
+        best weights of the run and predicts at the resolution it trained at. Returns the
         :class:`~rfdetr.training.trainer.TrainResult`.
         """
-        from rfdetr.config import TrainConfig
+        from rfdetr.config import RunConfig, TrainConfig
         from rfdetr.datasets.coco import dataset_classes
-        from rfdetr.training.trainer import Trainer
+        from rfdetr.training.stages import build_trainer, check_segmentation
 
-        if self.masks:
-            raise ValueError("train() fine-tunes detectors, and this model has a mask head: train the mask head with "
-                             "train_seg_stage2.py (or both with train_seg_single_stage.py), or construct the "
-                             "wrapper with masks=False to fine-tune its detector")
         config = TrainConfig(**train_kwargs)
         classes = dataset_classes(config.dataset_dir, "train")
-        if classes != self.classes:
-            arguments = dict(self._init_arguments)
-            if config.device:
-                arguments["device"] = config.device
-            self.__init__(class_names=classes, **arguments)
-        result = Trainer(self.model, self.config, self.classes, config).fit()
+        if self.masks:
+            check_segmentation(config.dataset_dir)
+        stage = "detector" if not self.masks else "masks" if self.mask_config.frozen_detector else "joint"
+        if config.device:
+            self.device = resolve_device(config.device)
+        if classes != self.classes:  # a frozen detector must already know every class of the dataset
+            self._load(**{**self._load_arguments, "class_names": classes, "num_classes": None,
+                          "require_trained_heads": stage == "masks"})
+        trainer = build_trainer(RunConfig(stage=stage, model=self.config, train=config, mask=self.mask_config),
+                                self.model, self.classes)
+        result = trainer.fit()
         best = Path(config.output_dir) / "checkpoint_best_total.pth"
         if best.is_file():
             self.model.load_state_dict(read_checkpoint(best)["model"])
-        self.model.eval()
+        self.config = trainer.model_config
+        self.model.to(self.device).eval()
         return result
 
     def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
@@ -176,48 +140,6 @@ class RFDETR:
 
         return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
                            verify=verify)
-
-
-def _load_mask_head(model: DETRsegm, checkpoint: dict | None, source: Any) -> None:
-    """The mask-head tensors of ``checkpoint`` into ``model`` (all of them, or none: a new head)."""
-    state = {k: v for k, v in (checkpoint or {}).get("model", {}).items() if not k.startswith("detr.")}
-    if not state:
-        logger.warning("%s has no mask head: the mask head is randomly initialised (train it with "
-                       "train_seg_stage2.py)", source if checkpoint is not None else "no checkpoint")
-        return
-    result = model.load_state_dict({f"detr.{k}": v for k, v in model.detr.state_dict().items()} | state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{source}: the mask head does not match (missing {result.missing_keys[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}); pass mask_head= as it was trained")
-
-
-def _read_weights(pretrain_weights: str | os.PathLike) -> dict:
-    from rfdetr.weights import is_pretrained_name, resolve_weights
-
-    return read_checkpoint(resolve_weights(pretrain_weights), trusted=is_pretrained_name(pretrain_weights))
-
-
-def _choose_classes(stored: ClassTable | None, num_classes: int | None,
-                    class_names: Sequence[str] | ClassTable | None) -> ClassTable:
-    """The model's class table from the checkpoint's (``stored``) and the caller's arguments."""
-    if isinstance(class_names, ClassTable):  # a dataset's table (category ids included)
-        if num_classes is not None and num_classes != class_names.num_rows - 1:
-            raise ValueError(f"num_classes={num_classes} does not match the class table ({class_names.describe()})")
-        return class_names
-    if class_names is not None:
-        names = list(class_names)
-        if num_classes is not None and num_classes != len(names):
-            raise ValueError(f"num_classes={num_classes} but {len(names)} class_names were given")
-        if stored is not None and stored.names == names:
-            return stored
-        if stored is not None and set(names) <= set(stored.names):
-            return stored.subset(names)[0]  # the checkpoint's classes, re-ordered or a subset
-        return ClassTable.from_names(names)
-    if num_classes is not None:  # as in the configs: the head has num_classes + 1 rows
-        if stored is not None and stored.num_rows == num_classes + 1:
-            return stored
-        return ClassTable.placeholder(range(num_classes), num_rows=num_classes + 1)
-    return stored if stored is not None else ClassTable.coco()
 
 
 class RFDETRNano(RFDETR):

@@ -96,3 +96,13 @@ def upstream_nano_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("upstream") / "rf-detr-nano-seed0.pth"
     reference_make_checkpoint().write_checkpoint("nano", 0, path, ref_dir=reference_path("keys_nano.txt").parent)
     return path
+
+
+def tensorboard_tags(folder: Path) -> set[str]:
+    """The scalar tags of the TensorBoard events in ``folder`` (``tensorboard --logdir`` shows these)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list(folder.glob("events.out.tfevents.*")), f"no TensorBoard events in {folder}"
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return set(events.Tags()["scalars"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from rfdetr.config import TrainConfig, model_config
+from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
 from rfdetr.training import distributed as dist
@@ -29,7 +29,7 @@ def main(dataset_dir: str, output_dir: str) -> None:
     train = TrainConfig(dataset_dir=dataset_dir, output_dir=output_dir, epochs=1, batch_size=1, grad_accum_steps=2,
                         resolution=256, multi_scale=False, num_workers=0, progress_bar=False, device="cpu",
                         use_ema=False, run_test=False)
-    trainer = Trainer(model, config, classes, train)
+    trainer = Trainer(model, RunConfig(stage="detector", model=config, train=train), classes)
     trainer.fit()
     digest = hashlib.sha256()
     for value in unwrap(trainer.model).state_dict().values():

@@ -11,7 +11,7 @@ from rfdetr.config import SIZES, model_config
 GEOMETRY_FIELDS = [
     "encoder", "hidden_dim", "patch_size", "num_windows", "dec_layers", "sa_nheads", "ca_nheads", "dec_n_points",
     "num_queries", "num_select", "group_detr", "projector_scale", "out_feature_indexes", "positional_encoding_size",
-    "resolution", "two_stage", "bbox_reparam", "lite_refpoint_refine", "layer_norm", "num_classes",
+    "resolution", "num_classes",
     "dim_feedforward", "aux_loss",
 ]
 

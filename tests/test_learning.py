@@ -14,16 +14,16 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from rfdetr.config import TrainConfig, model_config
+from rfdetr.config import RunConfig, TrainConfig, mask_config, model_config
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
-from rfdetr.training.segmentation import train_stage2
+from rfdetr.training.stages import start_run
 from rfdetr.training.trainer import Trainer
 
 EPOCHS = 40
 QUICK = dict(batch_size=4, grad_accum_steps=1, resolution=128, multi_scale=False, num_workers=0, use_ema=False,
-             run_test=False, tensorboard=False, progress_bar=False, device="cpu")
+             run_test=False, tensorboard=False, progress_bar=False, device="cpu", early_stopping=False)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def fitted(tmp_path_factory):
     torch.manual_seed(0)
     train = TrainConfig(dataset_dir=str(data), output_dir=str(root / "stage1"), epochs=EPOCHS, lr=1e-3,
                         lr_encoder=1e-3, **QUICK)
-    trainer = Trainer(build_detector(config), config, classes, train)
+    trainer = Trainer(build_detector(config), RunConfig(stage="detector", model=config, train=train), classes)
     untrained = trainer._evaluate(trainer.model, "valid")["metrics"]["bbox"]["ap50"]
     return root, data, untrained, trainer.fit()
 
@@ -56,7 +56,7 @@ def test_stage2_mask_head_on_the_frozen_detector_learns_masks(fitted):
     root, data, _, _ = fitted
     stage1 = root / "stage1" / "checkpoint_best_total.pth"
     train = TrainConfig(dataset_dir=str(data), output_dir=str(root / "stage2"), epochs=20, lr=1e-3, **QUICK)
-    result = train_stage2(stage1, train)
+    result = start_run("masks", None, train, weights=stage1, mask=mask_config("nano")).fit()
     segm = [record["valid_segm_AP50"] for record in result.history]
     assert max(segm) >= 0.5, segm
     bbox = {round(record["valid_bbox_AP50"], 6) for record in result.history}

@@ -17,10 +17,11 @@ import torch
 import train_detector_stage1
 import train_seg_single_stage
 import train_seg_stage2
+from conftest import tensorboard_tags
 from rfdetr.checkpoint import is_class_head_key, read_checkpoint
-from rfdetr.config import TrainConfig
+from rfdetr.config import TrainConfig, mask_config
 from rfdetr.datasets import make_synthetic_coco
-from rfdetr.training.segmentation import STAGE1_CHECKPOINT_NAMES, find_stage1_checkpoint, single_stage_run
+from rfdetr.training.stages import STAGE1_CHECKPOINT_NAMES, find_stage1_checkpoint, start_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,17 +55,24 @@ def detector_part(state: dict) -> dict:
 
 def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code = train_seg_stage2.main(["--stage1_run", str(stage1_run), "--dataset_dir", str(data), *TINY_RUN])
+    code = train_seg_stage2.main(["--stage1_run", str(stage1_run), "--dataset_dir", str(data), *TINY_RUN,
+                                  "--tensorboard", "1"])
     out = capsys.readouterr().out
     assert code == 0, out
     run = tmp_path / "runs" / "segmentation_nano_128_1"
-    assert "RT-DETR-Seg stage 2" in out and "0 trainable" in out and str(Path("runs/segmentation_nano_128_1")) in out
+    # tensorboard --logdir RUN_DIR/tb shows the mask and Dice losses too.
+    assert {"train/loss_mask", "train/loss_dice", "val/loss_mask", "val/segm_AP"} <= tensorboard_tags(run / "tb")
+    assert "RT-DETR-Seg stage 2" in out and str(Path("runs/segmentation_nano_128_1")) in out
+    # The seed's sanity check: frozen and trainable counts as tensors and as elements.
+    assert "0 tensors (0 elements) trainable" in out
     summary = json.loads((run / "stage2_config.json").read_text())
-    assert summary["stage"] == 2 and summary["size"] == "nano" and summary["resolution"] == 128
-    assert summary["stage1_checkpoint"] == str(stage1_run / "checkpoint_best_total.pth")
+    assert summary["stage"] == "masks" and summary["size"] == "nano" and summary["resolution"] == 128
+    assert summary["started_from"]["stage-1 checkpoint"] == str(stage1_run / "checkpoint_best_total.pth")
     assert summary["classes"] == ["circle", "square", "triangle"] and summary["mask_head"] == "nano"
     counts = summary["parameter_counts"]
     assert counts["detector_trainable"] == 0 and counts["detector_frozen"] > 0 and counts["mask_head_trainable"] > 0
+    assert counts["detector_trainable_tensors"] == 0 < counts["detector_frozen_tensors"] < counts["detector_frozen"]
+    assert 0 < counts["mask_head_trainable_tensors"] < counts["mask_head_trainable"]
     assert summary["train_config"]["epochs"] == 1 and summary["lr"] == 1e-4
 
     best = read_checkpoint(run / "checkpoint_best_total.pth")
@@ -79,9 +87,9 @@ def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data,
     changed = [key for key in stage1 if not torch.equal(detector[key], stage1[key])]
     assert changed == []
 
-    # --resume continues the run (detector from its checkpoint, mask head from stage2_config.json).
-    more = [*TINY_RUN[:TINY_RUN.index("--epochs")], *TINY_RUN[TINY_RUN.index("--epochs") + 2:], "--epochs", "2"]
-    assert train_seg_stage2.main(["--resume", str(run), "--dataset_dir", str(data), *more]) == 0
+    # --resume continues the run from its folder alone (model, stage and settings stored); --epochs overrides.
+    assert train_seg_stage2.main(["--resume", str(run), "--epochs", "2"]) == 0
+    assert "resume: epochs 1 -> 2" in capsys.readouterr().out
     assert [json.loads(line)["epoch"] for line in (run / "log.txt").read_text().splitlines()] == [0, 1]
     assert json.loads((run / "stage2_config.json").read_text()) == summary  # the record of how it started
 
@@ -144,8 +152,9 @@ def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, da
                                                           group_detr):
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), resolution=128, device="cpu",
                          num_workers=0, tensorboard=False)
-    trainer = single_stage_run(config, size="nano", pretrain_weights=upstream_nano_file,
-                               model_overrides={"num_queries": 20, "group_detr": group_detr})
+    trainer = start_run("joint", "nano", config, weights=upstream_nano_file,
+                        model_overrides={"num_queries": 20, "group_detr": group_detr},
+                        mask=mask_config("nano", frozen_detector=False))
     state = read_checkpoint(upstream_nano_file)["model"]
     detector = trainer.model.detr
     assert detector.class_embed.out_features == 4 and not trainer.model.freeze_detr
@@ -158,7 +167,8 @@ def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, da
 
 def test_single_stage_from_a_stage1_detector_keeps_its_class_heads(stage1_run, data, tmp_path):
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), device="cpu", num_workers=0)
-    trainer = single_stage_run(config, size="nano", pretrain_weights=stage1_run / "checkpoint_best_total.pth")
+    trainer = start_run("joint", "nano", config, weights=stage1_run / "checkpoint_best_total.pth",
+                        mask=mask_config("nano", frozen_detector=False))
     stage1 = read_checkpoint(stage1_run / "checkpoint_best_total.pth")["model"]
     detector = trainer.model.detr.state_dict()
     assert detector.keys() == stage1.keys()  # geometry (20 queries, 1 group) from the file's config
@@ -175,12 +185,14 @@ def test_single_stage_script_trains_detector_and_mask_head(upstream_nano_file, d
     assert code == 0, out
     assert "RT-DETR-Seg single stage" in out
     summary = json.loads((run / "single_stage_config.json").read_text())
-    assert summary["pretrained"] == str(upstream_nano_file) and summary["mask_head"] == "nano"
+    assert summary["started_from"]["pretrained"] == str(upstream_nano_file) and summary["mask_head"] == "nano"
     counts = summary["parameter_counts"]
     assert counts["detector_frozen"] == 384  # UNUSED_MASK_TOKEN
     assert counts["detector_trainable"] > 0 and counts["mask_head_trainable"] > 0
     checkpoint = read_checkpoint(run / "checkpoint.pth")
-    assert checkpoint["masks"] == {"mask_head": "nano", "frozen_detector": False}
+    assert checkpoint["masks"] == {"mask_head": "nano", "frozen_detector": False, "mask_loss_coef": 1.0,
+                                   "dice_loss_coef": 1.0}
+    assert checkpoint["run"]["stage"] == "joint"
     start = read_checkpoint(upstream_nano_file)["model"]
     trained = detector_part(checkpoint["model"])
     for key in ("backbone.0.encoder.encoder.layernorm.weight", "transformer.decoder.layers.0.linear1.weight",

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import train_detector_stage1
-from rfdetr.cli import str2bool, train_overrides
+from rfdetr.cli.common import str2bool, train_overrides
+from rfdetr.cli.training import stage1_parser
 from rfdetr.datasets import make_synthetic_coco
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -17,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_flags_map_onto_train_config_fields_only_when_given():
-    args = train_detector_stage1.parse_args(["--size", "nano", "--batch", "2", "--accum", "3", "--multi_scale", "0",
+    args = stage1_parser().parse_args(["--size", "nano", "--batch", "2", "--accum", "3", "--multi_scale", "0",
                                              "--expanded_scales", "--no_amp", "--patience", "4"])
     assert train_overrides(args) == {"batch_size": 2, "grad_accum_steps": 3, "multi_scale": False,
                                      "expanded_scales": True, "amp": False, "early_stopping_patience": 4}
     assert str2bool("TRUE") and not str2bool("0")
     with pytest.raises(SystemExit):
-        train_detector_stage1.parse_args(["--multi_scale", "maybe"])
+        stage1_parser().parse_args(["--multi_scale", "maybe"])
 
 
 def test_script_trains_into_the_next_free_run_folder(tmp_path, monkeypatch, capsys):

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from conftest import tensorboard_tags
 from rfdetr.checkpoint import read_checkpoint
-from rfdetr.config import TrainConfig, model_config
+from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
@@ -38,7 +39,7 @@ def _trainer(dataset_dir, output_dir, **overrides) -> Trainer:
     torch.manual_seed(0)
     model = build_detector(config)
     train = TrainConfig(dataset_dir=str(dataset_dir), output_dir=str(output_dir), **{**TINY_TRAIN, **overrides})
-    return Trainer(model, config, dataset_classes(dataset_dir), train)
+    return Trainer(model, RunConfig(stage="detector", model=config, train=train), dataset_classes(dataset_dir))
 
 
 def test_parameter_groups_follow_layer_decay_and_are_grouped():
@@ -106,12 +107,13 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     for name in ("checkpoint.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth",
                  "checkpoint_best_total.pth", "log.txt", "results.json", "train_config.json"):
         assert (output / name).is_file(), name
-    assert list(output.glob("events.out.tfevents.*"))
+    assert {"train/loss", "train/loss_ce", "train/loss_giou", "val/bbox_AP"} <= tensorboard_tags(output / "tb")
+    assert (output / "run_config.json").is_file()
     lines = [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]
     assert {"train_loss", "train_lr", "valid_loss", "valid_bbox_AP", "ema_valid_bbox_AP"} <= set(lines[0])
     resumable = read_checkpoint(output / "checkpoint.pth")
-    assert {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer"} <= set(resumable)
+    assert {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer", "run"} <= set(resumable)
     assert resumable["epoch"] == 1 and resumable["classes"] == dataset_classes(tiny_dataset).to_dict()
     total = read_checkpoint(output / "checkpoint_best_total.pth")
     assert "optimizer" not in total and "test_metrics" in total
@@ -182,8 +184,8 @@ def test_dataset_with_other_classes_is_refused(tiny_dataset, tmp_path):
     from rfdetr.classes import ClassTable
 
     with pytest.raises(ValueError, match="build the model with the dataset's classes"):
-        Trainer(build_detector(config), config, ClassTable.coco(),
-                TrainConfig(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path), **TINY_TRAIN))
+        train = TrainConfig(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path), **TINY_TRAIN)
+        Trainer(build_detector(config), RunConfig(stage="detector", model=config, train=train), ClassTable.coco())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -199,3 +201,4 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
+

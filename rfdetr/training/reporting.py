@@ -1,4 +1,4 @@
-"""Run records: ``log.txt`` (one JSON line per epoch), TensorBoard scalars, optional W&B.
+"""Run records: ``log.txt`` (one JSON line per epoch), TensorBoard scalars in ``tb/``, optional W&B.
 
 A handful of well-named tags, not one per parameter group:
 ``train/loss``, ``train/lr``, ``val/loss``, ``val/bbox_AP``, ``val/bbox_AP50``, ``val/bbox_AR100``
@@ -43,9 +43,18 @@ class RunReporter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.output_dir))
+            self.writer = SummaryWriter(log_dir=str(self.output_dir / "tb"))
         if wandb:
             self.wandb_run = _start_wandb(self.output_dir, project, run, config or {})
+
+    def restart_log(self, records: list[dict[str, Any]]) -> None:
+        """Rewrite ``log.txt`` as the resumed checkpoint's history: lines of epochs it did not keep
+        (a run stopped between its log line and its checkpoint) go, lines it kept but the log lost come back."""
+        if not self.enabled:
+            return
+        temporary = self.output_dir / "log.txt.tmp"
+        temporary.write_text("".join(json.dumps(record, default=_plain) + "\n" for record in records))
+        os.replace(temporary, self.output_dir / "log.txt")
 
     def log_epoch(self, record: dict[str, Any], scalars: dict[str, float], epoch: int) -> None:
         if not self.enabled:

@@ -8,10 +8,13 @@ Files in ``output_dir`` (rank 0 writes them, each atomically):
 - ``checkpoint_best_regular.pth`` / ``checkpoint_best_ema.pth``: the best weights by the selection
   metric (bbox AP, or segm AP when masks are trained); ``checkpoint_best_total.pth``: the better of
   the two, weights only, written at the end;
-- ``log.txt`` (a JSON line per epoch), ``results.json`` (metrics of the *best* epoch), TensorBoard.
+- ``log.txt`` (a JSON line per epoch), ``results.json`` (metrics of the *best* epoch),
+  TensorBoard events in ``tb/``.
 
-Randomness is re-seeded from ``(seed, epoch, rank)`` at every epoch start, which is what makes
-``--resume`` continue exactly as an uninterrupted run would.
+Every checkpoint stores the run's :class:`~rfdetr.config.RunConfig` (``"run"``), so a run folder
+alone says how to continue it. Randomness is re-seeded from ``(seed, epoch, rank)`` at every epoch
+start and ``checkpoint.pth`` is written after the epoch's history and early-stopping update, which
+is what makes ``--resume`` continue exactly as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rfdetr.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from rfdetr.classes import ClassTable
-from rfdetr.config import ModelConfig, TrainConfig
+from rfdetr.config import RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.coco import resolve_split_dir
 from rfdetr.datasets.transforms import train_scales
@@ -42,8 +45,12 @@ from rfdetr.training.ema import ModelEMA
 from rfdetr.training.engine import StepSettings, evaluate, train_one_epoch, unwrap
 from rfdetr.training.optim import build_optimizer, build_scheduler
 from rfdetr.training.reporting import RunReporter, metric_scalars
+from rfdetr.util.device import resolve_device
 
 logger = logging.getLogger(__name__)
+
+# Loss terms (last decoder layer) that get a TensorBoard tag of their own, besides the weighted total.
+LOGGED_TERMS = ("loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice")
 
 
 @dataclass
@@ -53,12 +60,6 @@ class TrainResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-def resolve_device(name: str | None) -> torch.device:
-    from rfdetr.detr import default_device
-
-    return torch.device(name) if name else default_device()
 
 
 def seed_everything(seed: int) -> None:
@@ -77,29 +78,28 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 class Trainer:
-    """Trains ``model`` (a detector, or a detector with a mask head) on a COCO-format dataset."""
+    """Trains ``model`` (a detector, or a detector with a mask head) as ``run`` describes."""
 
-    def __init__(self, model: nn.Module, model_config: ModelConfig, classes: ClassTable, config: TrainConfig, *,
-                 criterion: nn.Module | None = None, masks: bool = False, select_on: str = "bbox",
-                 checkpoint_extra: dict | None = None):
-        """criterion: default the detection criterion of ``model_config``; masks: load target masks and
-        evaluate ``segm`` too; select_on: the COCO iou type whose AP picks the best checkpoint and
-        drives early stopping; checkpoint_extra: stored in every checkpoint (e.g. the mask head)."""
+    def __init__(self, model: nn.Module, run: RunConfig, classes: ClassTable, *, criterion: nn.Module | None = None):
+        """model: the detector (stage ``"detector"``) or a ``DETRsegm`` (``"masks"``, ``"joint"``: target masks
+        are loaded and ``segm`` is evaluated and picks the best checkpoint); criterion: default the detection
+        criterion of the run (mask runs pass theirs, see :mod:`rfdetr.training.stages`)."""
+        config = run.train
         self.config = config
-        self.checkpoint_extra = dict(checkpoint_extra or {})
-        self.model_config = model_config
+        self.masks = run.stage != "detector"
+        self.select_on = "segm" if self.masks else "bbox"
         self.classes = classes
-        self.masks = masks
-        self.select_on = select_on
         self.device = resolve_device(config.device)
         self.distributed = dist.init_distributed(self.device)
         self.output_dir = Path(config.output_dir)
-        self.resolution = config.resolution or model_config.resolution
-        if self.resolution % model_config.block_size:
-            raise ValueError(f"resolution {self.resolution} must be a multiple of {model_config.block_size} "
-                             f"(patch_size x num_windows) for {model_config.size}")
+        self.resolution = config.resolution or run.model.resolution
+        if self.resolution % run.model.block_size:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of {run.model.block_size} "
+                             f"(patch_size x num_windows) for {run.model.size}")
         # Checkpoints record the resolution the model was trained at: predict() and export use it.
-        self.model_config = model_config = model_config.model_copy(update={"resolution": self.resolution})
+        model_config = run.model.model_copy(update={"resolution": self.resolution})
+        self.model_config = model_config
+        self.run = run.model_copy(update={"model": model_config})
         seed_everything(config.seed + dist.rank())
         self.datasets = self._build_datasets()
         self.model = model.to(self.device)
@@ -185,13 +185,15 @@ class Trainer:
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2))
+            (self.output_dir / "run_config.json").write_text(json.dumps(self.run.model_dump(), indent=2))
         reporter = RunReporter(self.output_dir, tensorboard=config.tensorboard, wandb=config.wandb, enabled=main,
                                project=config.project, run=config.run, config=config.model_dump())
         stopped_early = False
+        if self.start_epoch > 0:
+            reporter.restart_log(self.history)
         try:
             for epoch in range(self.start_epoch, config.epochs):
                 record, scalars = self._run_epoch(epoch)
-                self.history.append(record)
                 reporter.log_epoch(record, scalars, epoch)
                 stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
                 if stop:
@@ -227,14 +229,18 @@ class Trainer:
         if ema_valid is not None:
             scores["ema"] = self._selection_metric(ema_valid)
         improved = self._track_best(epoch, scores, {"regular": valid, "ema": ema_valid})  # same on every rank
-        if dist.is_main_process():
-            self._write_checkpoints(epoch, improved, {"regular": valid, "ema": ema_valid})
         monitored = scores["ema"] if config.early_stopping_use_ema and "ema" in scores else max(scores.values())
         self.stopper.update(monitored)
         record.update({"selection_metric": f"{self.select_on}_AP", "best_regular": self.best["regular"],
                        "best_ema": self.best["ema"]})
+        # The checkpoint holds this epoch's history and early-stopping state: a resumed run counts it.
+        self.history.append(record)
+        if dist.is_main_process():
+            self._write_checkpoints(epoch, improved, {"regular": valid, "ema": ema_valid})
         scalars = {"train/loss": train_stats["loss"], "train/lr": train_stats["lr"],
-                   "val/loss": valid["losses"].get("loss", float("nan")), **metric_scalars("val", valid["metrics"])}
+                   "val/loss": valid["losses"].get("loss", float("nan")), **metric_scalars("val", valid["metrics"]),
+                   **{f"train/{k}": v for k, v in train_stats.items() if k in LOGGED_TERMS},
+                   **{f"val/{k}": v for k, v in valid["losses"].items() if k in LOGGED_TERMS}}
         if ema_valid is not None:
             scalars.update(metric_scalars("val_ema", ema_valid["metrics"]))
         return record, scalars
@@ -261,8 +267,8 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------------------------
     def _checkpoint(self, weights: nn.Module, epoch: int, *, full: bool, **extra) -> dict:
-        content = make_checkpoint(weights, self.model_config, self.classes, epoch=epoch,
-                                  train_config=self.config.model_dump(), **self.checkpoint_extra, **extra)
+        content = make_checkpoint(weights, self.model_config, self.classes, epoch=epoch, run=self.run.model_dump(),
+                                  train_config=self.config.model_dump(), **self._mask_entry(), **extra)
         if full:
             content.update(optimizer=self.optimizer.state_dict(), lr_scheduler=self.scheduler.state_dict(),
                            scaler=self.scaler.state_dict() if self.scaler else None,
@@ -270,6 +276,10 @@ class Trainer:
                            trainer={"best": self.best, "best_epoch": self.best_epoch, "history": self.history,
                                     "best_record": self.best_record, "early_stopping": self.stopper.state_dict()})
         return content
+
+    def _mask_entry(self) -> dict:
+        """``{"masks": MaskConfig fields}`` for a mask run: what loaders read to rebuild the mask head."""
+        return {"masks": self.run.mask.model_dump()} if self.run.mask is not None else {}
 
     def _track_best(self, epoch: int, scores: dict[str, float], results: dict[str, dict | None]) -> dict[str, bool]:
         improved = {kind: score > self.best[kind] for kind, score in scores.items()}
@@ -280,16 +290,17 @@ class Trainer:
         return improved
 
     def _write_checkpoints(self, epoch: int, improved: dict[str, bool], results: dict[str, dict | None]) -> None:
+        """The epoch's files; ``checkpoint.pth``, the resume point, last: whatever it refers to exists."""
         model = unwrap(self.model)
-        save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / "checkpoint.pth")
-        if (epoch + 1) % self.config.checkpoint_interval == 0:
-            save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / f"checkpoint{epoch:04}.pth")
         if improved.get("regular"):
             save_checkpoint(self._checkpoint(model, epoch, full=False, metrics=results["regular"]["metrics"]),
                             self.output_dir / "checkpoint_best_regular.pth")
         if improved.get("ema"):
             save_checkpoint(self._checkpoint(self.ema.module, epoch, full=False, metrics=results["ema"]["metrics"]),
                             self.output_dir / "checkpoint_best_ema.pth")
+        if (epoch + 1) % self.config.checkpoint_interval == 0:
+            save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / f"checkpoint{epoch:04}.pth")
+        save_checkpoint(self._checkpoint(model, epoch, full=True), self.output_dir / "checkpoint.pth")
 
     def _resume(self, path: str) -> None:
         checkpoint = read_checkpoint(path)
@@ -320,7 +331,7 @@ class Trainer:
         if self.best_epoch[kind] is None:
             return
         best = dist.broadcast_object(read_checkpoint(source) if dist.is_main_process() else None)
-        kept = ("model", "config", "classes", "rfdetr_version", "epoch", "metrics", *self.checkpoint_extra)
+        kept = ("model", "config", "classes", "rfdetr_version", "epoch", "metrics", "run", "masks")
         total = {k: best[k] for k in kept if k in best}
         test = None
         if "test" in self.datasets:

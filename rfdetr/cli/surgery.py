@@ -1,0 +1,75 @@
+"""The checkpoint-surgery commands: ``shrink_head.py`` and ``strip_class_heads.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SHRINK_DOC = """Keep only some classes of a checkpoint's class heads (e.g. a COCO checkpoint -> person, dog).
+
+    python shrink_head.py --in_ckpt rf-detr-nano.pth --out_ckpt nano-person-dog.pth --keep person dog
+
+Names are looked up in the checkpoint's class table (the COCO names for the published 91-row
+checkpoints). Every class head (the final one and the 13 two-stage heads) is sliced the same way,
+a spare row is kept, and the new class table is stored. The result is verified by reloading it.
+"""
+
+STRIP_DOC = """Remove every class-head tensor from a checkpoint, so that it loads into a model with any class count.
+
+    python strip_class_heads.py rf-detr-nano.pth nano-no-heads.pth
+
+Everything else (backbone, projector, decoder, box heads, queries) is kept; the model that loads
+the result gets fresh class heads. Optimizer state and the class table are dropped.
+"""
+
+
+def shrink_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=SHRINK_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--in_ckpt", required=True, help="checkpoint to read (.pth)")
+    parser.add_argument("--out_ckpt", required=True, help="checkpoint to write (.pth); written atomically")
+    parser.add_argument("--keep", required=True, nargs="+", metavar="NAME", help="class names to keep, in order")
+    args = parser.parse_args(argv)
+
+    from rfdetr.checkpoint import checkpoint_class_table, read_checkpoint, save_checkpoint
+    from rfdetr.surgery import head_rows, shrink_class_heads
+
+    try:
+        checkpoint = read_checkpoint(args.in_ckpt)
+        shrunk = shrink_class_heads(checkpoint, args.keep)
+        save_checkpoint(shrunk, args.out_ckpt)
+        reloaded = read_checkpoint(args.out_ckpt)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = checkpoint_class_table(reloaded)
+    expected_rows = len(args.keep) + 1
+    if head_rows(reloaded) != expected_rows or table.names != list(args.keep):
+        print(f"error: verification failed: {head_rows(reloaded)} rows, classes {table.names}", file=sys.stderr)
+        return 1
+    print(f"class head: {head_rows(checkpoint)} -> {head_rows(reloaded)} rows "
+          f"({len(args.keep)} classes + 1 spare); classes: {', '.join(table.names)}")
+    print(f"wrote {args.out_ckpt} (verified by reloading)")
+    return 0
+
+
+
+def strip_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=STRIP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("in_ckpt", help="checkpoint to read (.pth)")
+    parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
+    args = parser.parse_args(argv)
+
+    from rfdetr.checkpoint import read_checkpoint, save_checkpoint
+    from rfdetr.surgery import strip_class_heads
+
+    try:
+        checkpoint = read_checkpoint(args.in_ckpt)
+        stripped = strip_class_heads(checkpoint)
+        save_checkpoint(stripped, args.out_ckpt)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    removed = len(checkpoint["model"]) - len(stripped["model"])
+    print(f"removed {removed} class-head tensors; kept {len(stripped['model'])}; wrote {args.out_ckpt}")
+    return 0
+

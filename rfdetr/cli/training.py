@@ -1,0 +1,239 @@
+"""The three training commands: stage 1 (detector), stage 2 (masks on the frozen detector), single stage.
+
+Each ``*_main(argv)`` parses its flags, starts a new run through :func:`rfdetr.training.stages.start_run`
+or continues one with ``--resume RUN_DIR`` (:func:`~rfdetr.training.stages.resume_run`: size,
+model, stage and settings come from the run's checkpoint; flags given with it override the stored
+settings and each override is printed), prints a banner and trains. Exit codes: see
+:func:`rfdetr.cli.common.run_training`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from rfdetr.cli.common import (MODEL_FLAGS, add_training_flags, banner, described, model_overrides,
+                               overrides_lines, refuse_on_resume, resume_checkpoint, run_training, split_patterns,
+                               train_overrides)
+
+STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO-format dataset, starting from the COCO checkpoint.
+
+    python train_detector_stage1.py --size nano --dataset_dir dataset --epochs 50 --batch 4 --accum 4
+    python train_detector_stage1.py --size nano --pretrain_weights none --device cpu   # random init, offline
+    torchrun --nproc_per_node=2 train_detector_stage1.py --size small --batch 2     # several GPUs
+    python train_detector_stage1.py --resume runs/detector_nano_384_1                # continue exactly
+
+The dataset folder holds train/, valid/ and optionally test/, each with _annotations.coco.json and
+its images (a Roboflow COCO export). The class heads take the dataset's classes (trained rows of the
+checkpoint are kept for every class it has); the rest of the network starts from --pretrain_weights.
+The run folder receives checkpoint.pth (resumable), checkpoint_best_regular.pth,
+checkpoint_best_ema.pth, checkpoint_best_total.pth, log.txt, results.json, run_config.json and
+TensorBoard scalars in tb/.
+"""
+
+STAGE2_DOC = """Stage 2: train a mask head on the frozen detector of a stage-1 run.
+
+    python train_seg_stage2.py --stage1_run runs/detector_nano_384_1 --epochs 50
+    python train_seg_stage2.py --size small --checkpoint detector.pth --batch 2 --accum 2
+    python train_seg_stage2.py --resume runs/segmentation_nano_384_1                  # continue exactly
+
+The detector is loaded strictly from the stage-1 checkpoint (found in --stage1_run as
+checkpoint_best_total.pth, checkpoint_best_regular.pth, checkpoint_best_ema.pth, checkpoint.pth,
+or the fork's best.pth/best.pt/last.pth/last.pt) and needs a trained class-head row for every class
+of the dataset (matched by name); it stays frozen (eval mode, no gradients) and only the mask head
+trains. The best checkpoint follows segm AP. The run folder receives stage2_config.json (settings,
+classes, frozen/trainable parameter counts), the checkpoints (``detr.*`` + mask head weights),
+log.txt, results.json and TensorBoard scalars in tb/.
+"""
+
+SINGLE_STAGE_DOC = """Single stage: train the detector and a mask head together, starting from the COCO checkpoint.
+
+    python train_seg_single_stage.py --size nano --epochs 50 --batch 1 --accum 8
+    python train_seg_single_stage.py --size nano --init_ckpt runs/detector_nano_384_1/checkpoint_best_total.pth
+    python train_seg_single_stage.py --resume runs/seg_single_nano_384_1                 # continue exactly
+
+The detector is built for the dataset's classes and loads --pretrain_weights (default: the size's
+COCO checkpoint) strictly, all but the class rows the dataset has no class for; --init_ckpt starts
+from another detector checkpoint instead. Nothing is frozen; the best checkpoint follows segm AP.
+The run folder receives single_stage_config.json, the checkpoints (``detr.*`` + mask head
+weights), log.txt, results.json and TensorBoard scalars in tb/.
+"""
+
+MASK_FLAGS = ("mask_head", "mask_loss_coef", "dice_loss_coef")
+RECORD_FILES = {"masks": "stage2_config.json", "joint": "single_stage_config.json"}
+
+
+def stage1_parser() -> argparse.ArgumentParser:
+    parser = _parser(STAGE1_DOC)
+    parser.add_argument("--pretrain_weights", default=None,
+                        help="checkpoint name (rf-detr-<size>.pth, downloaded if needed), a path, or 'none' for "
+                             "random init (default: the size's COCO checkpoint)")
+    return parser
+
+
+def stage2_parser() -> argparse.ArgumentParser:
+    parser = _parser(STAGE2_DOC, size_help="model size (default: the one recorded in the checkpoint)")
+    parser.add_argument("--stage1_run", default=None, help="stage-1 run folder holding the detector checkpoint")
+    parser.add_argument("--checkpoint", default=None, help="detector checkpoint file (wins over --stage1_run)")
+    parser.add_argument("--seg_lr", dest="lr", type=float, default=None,
+                        help=described("mask-head learning rate, same as --lr", "lr"))
+    _add_mask_flags(parser)
+    return parser
+
+
+def single_stage_parser() -> argparse.ArgumentParser:
+    parser = _parser(SINGLE_STAGE_DOC, size_help="model size (default: nano)")
+    parser.add_argument("--pretrain_weights", default=None,
+                        help="checkpoint name (rf-detr-<size>.pth, downloaded if needed), a path, or 'none' for "
+                             "random init (default: the size's COCO checkpoint)")
+    parser.add_argument("--init_ckpt", default=None,
+                        help="detector checkpoint to start from instead of --pretrain_weights (e.g. a stage-1 "
+                             "run's checkpoint_best_total.pth; its trained class rows are kept)")
+    _add_mask_flags(parser)
+    return parser
+
+
+def stage1_main(argv: list[str] | None = None) -> int:
+    args = stage1_parser().parse_args(argv)
+
+    def new_run():
+        size = args.size or "small"
+        weights = _weights(args.pretrain_weights, size)
+        return _start("detector", size, args, weights=weights, exclude=split_patterns(args.pretrain_exclude_keys),
+                      model_overrides=model_overrides(args)), {"pretrained": weights or "none (random)"}
+
+    return _train(args, new_run, ("size", "pretrain_weights", "pretrain_exclude_keys", *MODEL_FLAGS),
+                  "RT-DETR-Seg stage 1: detector fine-tuning", "bbox")
+
+
+def stage2_main(argv: list[str] | None = None) -> int:
+    args = stage2_parser().parse_args(argv)
+
+    def new_run():
+        from rfdetr.training.stages import detector_size, find_stage1_checkpoint, refuse_detector_options
+
+        refuse_detector_options(model_overrides(args), split_patterns(args.pretrain_exclude_keys))
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint)
+        elif args.stage1_run:
+            checkpoint = find_stage1_checkpoint(args.stage1_run)
+        else:
+            raise ValueError("pass the stage-1 detector: --stage1_run RUN_FOLDER or --checkpoint FILE")
+        size = args.size or detector_size(checkpoint)
+        trainer = _start("masks", size, args, weights=checkpoint, exclude=split_patterns(args.pretrain_exclude_keys),
+                         model_overrides=model_overrides(args), mask=_mask(args, size, frozen=True))
+        return trainer, {"stage-1 checkpoint": str(checkpoint)}
+
+    return _train(args, new_run, ("size", "stage1_run", "checkpoint", *MASK_FLAGS, *MODEL_FLAGS,
+                                  "pretrain_exclude_keys"), "RT-DETR-Seg stage 2: mask head on the frozen detector",
+                  "segm")
+
+
+def single_stage_main(argv: list[str] | None = None) -> int:
+    args = single_stage_parser().parse_args(argv)
+
+    def new_run():
+        size = args.size or "nano"
+        if args.init_ckpt and args.pretrain_weights:
+            raise ValueError("give --init_ckpt or --pretrain_weights, not both")
+        weights = _weights(args.init_ckpt or args.pretrain_weights, size)
+        trainer = _start("joint", size, args, weights=weights, exclude=split_patterns(args.pretrain_exclude_keys),
+                         model_overrides=model_overrides(args), mask=_mask(args, size, frozen=False))
+        return trainer, {"pretrained": weights or "none (random)"}
+
+    return _train(args, new_run, ("size", "pretrain_weights", "init_ckpt", "pretrain_exclude_keys", *MASK_FLAGS,
+                                  *MODEL_FLAGS), "RT-DETR-Seg single stage: detector + mask head", "segm")
+
+
+# ---- shared ---------------------------------------------------------------------------------------
+def _parser(doc: str, size_help: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_flags(parser)
+    if size_help:
+        next(a for a in parser._actions if "--size" in a.option_strings).help = size_help
+    return parser
+
+
+def _add_mask_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mask_head", choices=("small", "nano"), default=None,
+                        help="mask head architecture (default: nano for the nano size, small otherwise)")
+    parser.add_argument("--mask_loss_coef", type=float, default=None,
+                        help=described("weight of the per-pixel mask loss, sigmoid BCE", "mask_loss_coef", "mask"))
+    parser.add_argument("--dice_loss_coef", type=float, default=None,
+                        help=described("weight of the Dice loss", "dice_loss_coef", "mask"))
+
+
+def _mask(args: argparse.Namespace, size: str, frozen: bool):
+    from rfdetr.config import mask_config
+
+    return mask_config(size, frozen_detector=frozen, **{k: getattr(args, k) for k in MASK_FLAGS})
+
+
+def _weights(given: str | None, size: str) -> str | None:
+    from rfdetr.config import PRETRAINED_NAMES
+
+    weights = given or PRETRAINED_NAMES[size]
+    return None if weights.lower() == "none" else weights
+
+
+def _start(stage: str, size: str, args: argparse.Namespace, **options: Any):
+    from rfdetr.config import TrainConfig
+    from rfdetr.training.stages import start_run
+
+    overrides = train_overrides(args)
+    name_run = "output_dir" not in overrides
+    return start_run(stage, size, TrainConfig(**overrides), name_run_dir=name_run, **options)
+
+
+def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], title: str, metric: str) -> int:
+    """Run ``new_run()`` (-> trainer, what it started from) or resume; ``fixed_on_resume``: flags refused then."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def train():
+        from rfdetr.training.distributed import is_main_process
+        from rfdetr.training.stages import resume_run, run_summary
+
+        checkpoint = resume_checkpoint(args.resume)
+        notes: list[str] = []
+        if checkpoint is not None:
+            refuse_on_resume(args, fixed_on_resume)
+            trainer, changed = resume_run(checkpoint, train_overrides(args))
+            rows, notes = {"resume": str(checkpoint)}, overrides_lines(changed)
+        else:
+            trainer, rows = new_run()
+        summary = run_summary(trainer, started_from=rows)
+        if is_main_process():
+            print(banner(title, {**rows, **_banner_rows(trainer, summary)}))
+            for line in notes:
+                print(line)
+            record = RECORD_FILES.get(trainer.run.stage)
+            path = trainer.output_dir / record if record else None
+            if path is not None and not path.is_file():  # the record of how the run started
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(summary, indent=2))
+        return trainer.fit()
+
+    return run_training(train, metric)
+
+
+def _banner_rows(trainer, summary: dict) -> dict[str, Any]:
+    config, run = trainer.config, trainer.run
+    rows = {"size": run.model.size, "resolution": trainer.resolution, "epochs": config.epochs,
+            "device": str(trainer.device), "dataset": config.dataset_dir, "output": str(trainer.output_dir),
+            "classes": ", ".join(trainer.classes.names), "batch": config.batch_size,
+            "accum": config.grad_accum_steps, "effective batch": config.batch_size * config.grad_accum_steps,
+            "workers": config.num_workers, "lr": config.lr, "AMP": f"{config.amp} (CUDA only)",
+            "multi-scale": config.multi_scale, "expanded scales": config.expanded_scales, "EMA": config.use_ema,
+            "early stopping": f"patience {config.early_stopping_patience}" if config.early_stopping else "off"}
+    if run.mask is not None:
+        counts = summary["parameter_counts"]
+        rows.update({"mask head": run.mask.mask_head,
+                     "mask / dice loss coef": f"{run.mask.mask_loss_coef} / {run.mask.dice_loss_coef}"})
+        for part, name in (("detector", "detector params"), ("mask_head", "mask head params")):
+            rows[name] = (f"{counts[f'{part}_frozen_tensors']} tensors ({counts[f'{part}_frozen']:,} elements) "
+                          f"frozen, {counts[f'{part}_trainable_tensors']} tensors "
+                          f"({counts[f'{part}_trainable']:,} elements) trainable")
+    return rows
