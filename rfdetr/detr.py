@@ -23,7 +23,7 @@ from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_
                                load_state_dict, read_checkpoint)
 from rfdetr.classes import ClassTable
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig, model_config
-from rfdetr.inference import prepare_batch, to_detections
+from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.models import DETRsegm, PostProcess, build_detector
 from rfdetr.models.mask_postprocess import PostProcessMasks
 from rfdetr.training.segmentation import default_mask_head, detector_state
@@ -109,6 +109,7 @@ class RFDETR:
         them (one batched forward). ``xyxy`` is in original pixels, ``class_id`` indexes
         :attr:`class_names`, ``data["class_name"]`` holds the names.
         """
+        check_threshold(threshold)
         batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
         self.model.eval()
         outputs = self.model(batch)
