@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import re
-import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +27,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from PIL import Image
-
 from rfdetr.classes import ClassTable
+from rfdetr.images import DECODE_ERRORS, read_image, upright_size
 
 ANNOTATION_FILE = "_annotations.coco.json"
 REQUIRED_SPLITS = ("train", "valid")
@@ -267,18 +265,15 @@ def _check_categories(records: list, found: _Findings) -> tuple[dict[int, str], 
 
 
 def _inspect_image(path: Path, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
-    """(error or None, (width, height) from the file)."""
+    """(error or None, upright (width, height)): decoded by the training reader, or from the header alone."""
     try:
-        with Image.open(path) as image:
-            size = image.size
-            if decode:
-                image.verify()  # chunk structure and checksums
-        if decode:
-            with Image.open(path) as image:
-                image.load()  # full decode: catches truncated pixel data
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as error:
-        return f"{type(error).__name__}: {error}", None
-    return None, size
+        if not decode:
+            return None, upright_size(path)
+        pixels = read_image(path)  # what training and predict() read: a file it refuses fails here
+    except DECODE_ERRORS as error:
+        cause = error.__cause__ or error  # read_image names the file; the line names it already
+        return f"{type(cause).__name__}: {cause}", None
+    return None, (pixels.shape[1], pixels.shape[0])
 
 
 def _check_image_files(folder: Path, images: dict[int, dict], decode: bool, found: _Findings) -> None:

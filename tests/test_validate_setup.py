@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -163,6 +164,27 @@ def test_image_size_mismatch_warns(capsys, dataset):
     code, output = run(capsys, dataset)
     assert code == 0
     only_line(output, "WARN", "test/_annotations.coco.json", "image 2 test_2.png is 45x30, JSON says 40x30")
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_exif_turned_image_is_checked_upright(capsys, dataset, decode):
+    """The JSON gives the size a viewer shows (and training reads): the file's raw size turned by EXIF."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (HEIGHT, WIDTH), 0).save(dataset / "train" / "train_1.jpg", exif=exif)
+    edit(dataset, "train", lambda d: d["images"][0].update(file_name="train_1.jpg"))
+    code, output = run(capsys, dataset, *([] if decode else ["--no_decode"]))
+    assert code == 0, output
+    assert "image sizes differ" not in output
+
+
+def test_float_image_outside_zero_one_fails(capsys, dataset):
+    values = np.full((HEIGHT, WIDTH), 2.0, np.float32)  # training could not read it: not intensities in [0, 1]
+    Image.fromarray(values).save(dataset / "valid" / "valid_2.tif")
+    edit(dataset, "valid", lambda d: d["images"][1].update(file_name="valid_2.tif"))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "do not decode", "image 2 valid_2.tif", "must be in [0, 1]")
 
 
 def test_duplicate_image_ids_fail(capsys, dataset):

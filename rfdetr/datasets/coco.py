@@ -9,7 +9,8 @@ malformed, NaN/inf or has a negative width/height with a logged warning; boxes e
 to the image silently. Images without annotations are kept. Unknown image or category ids, missing
 files and broken JSON raise errors naming the file and the id. An unreadable or truncated image raises
 ``ValueError`` naming the file when the item is loaded (it is not skipped: a silent skip would change
-the dataset). Masks are decoded only when the dataset is built with ``masks=True``, per item.
+the dataset). Images are read by :func:`rfdetr.images.read_image`, the reader of ``predict()``, so
+both see the same pixels. Masks are decoded only when the dataset is built with ``masks=True``, per item.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
 from rfdetr.classes import ClassTable
-from rfdetr.datasets.transforms import Transform, eval_transforms, train_scales, train_transforms
+from rfdetr.datasets.transforms import Transform, eval_transforms, image_size, train_scales, train_transforms
+from rfdetr.images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +173,8 @@ def _index_images(data: dict, path: Path) -> list[dict]:
 class CocoDetection(Dataset):
     """Images and targets of one COCO split.
 
-    Items are ``(image, target)``: the image as given by ``transforms`` (a PIL RGB image without
-    them) and a target with ``boxes`` ``[N, 4]`` float32 (x0, y0, x1, y1 pixels, or what the
+    Items are ``(image, target)``: the image as given by ``transforms`` (without them a PIL RGB
+    image, or a ``[3, H, W]`` float tensor for 16-bit and float files: :meth:`load_image`) and a target with ``boxes`` ``[N, 4]`` float32 (x0, y0, x1, y1 pixels, or what the
     transforms make of them), ``labels`` ``[N]`` int64 (ClassTable labels), ``image_id`` int64,
     ``orig_size`` / ``size`` ``[2]`` int64 (h, w), ``area`` ``[N]`` float32, ``iscrowd`` ``[N]`` int64
     and, only when ``masks=True``, ``masks`` ``[N, H, W]`` uint8.
@@ -199,7 +201,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, torch.Tensor]]:
         image = self.load_image(index)
-        target = self.load_target(index, *image.size)
+        target = self.load_target(index, *image_size(image))
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -208,18 +210,25 @@ class CocoDetection(Dataset):
     def image_ids(self) -> list[int]:
         return [int(image["id"]) for image in self._images]
 
-    def load_image(self, index: int) -> Image.Image:
-        """The image as RGB; unreadable or truncated files raise ``ValueError`` naming the file."""
+    def load_image(self, index: int) -> Image.Image | torch.Tensor:
+        """The image read by :func:`rfdetr.images.read_image` (the pixels predict() reads from the file).
+
+        8-bit sources as a PIL RGB image; 16-bit and float ones as a ``[3, H, W]`` float32 tensor in
+        [0, 1] (the transforms take either). Unreadable or truncated files raise ``ValueError`` naming
+        the file.
+        """
         info = self._images[index]
         path = self.split_dir / info["file_name"]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            pixels = read_image(path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"image file {path} (image id {info['id']}) does not exist") from error
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except ValueError as error:
             raise ValueError(f"cannot read image file {path} (image id {info['id']} in "
-                             f"{self.annotation_path.name}): {error}") from error
+                             f"{self.annotation_path.name}): {error.__cause__ or error}") from error
+        if pixels.dtype == np.uint8:
+            return Image.fromarray(pixels)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def load_target(self, index: int, width: int, height: int) -> dict[str, torch.Tensor]:
         """Target of image ``index`` whose decoded size is ``width x height`` (see the class docstring)."""
