@@ -27,10 +27,10 @@ def _gray(values: np.ndarray) -> np.ndarray:
     return np.repeat(values[:, :, None], 3, axis=2)
 
 
-def _with_exif(save: Callable[..., None], orientation: int = 6) -> None:
+def _turned_exif() -> Image.Exif:
     exif = Image.Exif()
-    exif[ORIENTATION] = orientation
-    save(exif=exif)
+    exif[ORIENTATION] = 6
+    return exif
 
 
 def _palette(transparent: bool) -> Callable[[Path], np.ndarray]:
@@ -59,34 +59,34 @@ def _animated(path: Path) -> np.ndarray:
     return np.full((HEIGHT, WIDTH, 3), 10, np.uint8)  # the first frame
 
 
-def _exif_png(path: Path) -> np.ndarray:
-    _with_exif(lambda **options: Image.fromarray(RGB).save(path, **options))
-    return np.ascontiguousarray(np.rot90(RGB, k=-1))  # turned clockwise, as a viewer shows it
+def _writes(image: Image.Image, expected: np.ndarray | None, **options) -> Callable[[Path], np.ndarray | None]:
+    def write(path: Path) -> np.ndarray | None:
+        image.save(path, **options)
+        return expected
+    return write
 
 
-def _exif_jpeg(path: Path) -> None:
-    _with_exif(lambda **options: Image.fromarray(RGB).save(path, quality=95, **options))
-
-
+BILEVEL = GRAY > 127
+UNIT_RAMP = RAMP16 / np.float32(65535)
 # name -> (file suffix, writer returning the expected H x W x 3 pixels: uint8, float32 in [0, 1], or None
 # when only the agreement of training and predict is checked: lossy JPEG)
 MODES: dict[str, tuple[str, Callable[[Path], np.ndarray | None]]] = {
-    "RGB": (".png", lambda p: Image.fromarray(RGB).save(p) or RGB),
-    "L": (".png", lambda p: Image.fromarray(GRAY).save(p) or _gray(GRAY)),
-    "1": (".png", lambda p: Image.fromarray(GRAY > 127).save(p) or _gray(np.where(GRAY > 127, 255, 0).astype(np.uint8))),
+    "RGB": (".png", _writes(Image.fromarray(RGB), RGB)),
+    "L": (".png", _writes(Image.fromarray(GRAY), _gray(GRAY))),
+    "1": (".png", _writes(Image.fromarray(BILEVEL), _gray(np.where(BILEVEL, 255, 0).astype(np.uint8)))),
     "P": (".png", _palette(transparent=False)),
     "P with transparency": (".png", _palette(transparent=True)),
-    "LA": (".png", lambda p: Image.fromarray(np.dstack([GRAY, RGB[:, :, 1]]), "LA").save(p) or _gray(GRAY)),
-    "RGBA": (".png", lambda p: Image.fromarray(np.dstack([RGB, GRAY])).save(p) or RGB),
+    "LA": (".png", _writes(Image.fromarray(np.dstack([GRAY, RGB[:, :, 1]]), "LA"), _gray(GRAY))),
+    "RGBA": (".png", _writes(Image.fromarray(np.dstack([RGB, GRAY])), RGB)),
     "CMYK": (".tif", _cmyk),
-    "I;16": (".png", lambda p: Image.fromarray(RAMP16).save(p) or _gray(RAMP16 / np.float32(65535))),
-    "I": (".tif", lambda p: Image.fromarray(RAMP16.astype(np.int32), "I").save(p)
-          or _gray(RAMP16 / np.float32(65535))),
-    "F": (".tif", lambda p: Image.fromarray(RAMP16 / np.float32(65535)).save(p) or _gray(RAMP16 / np.float32(65535))),
+    "I;16": (".png", _writes(Image.fromarray(RAMP16), _gray(UNIT_RAMP))),
+    "I": (".tif", _writes(Image.fromarray(RAMP16.astype(np.int32), "I"), _gray(UNIT_RAMP))),
+    "F": (".tif", _writes(Image.fromarray(UNIT_RAMP), _gray(UNIT_RAMP))),
     "animated GIF": (".gif", _animated),
-    "EXIF-rotated PNG": (".png", _exif_png),
-    "EXIF-rotated JPEG": (".jpg", _exif_jpeg),
-    "JPEG": (".jpg", lambda p: Image.fromarray(RGB).save(p, quality=90)),
+    # turned clockwise, as a viewer shows it
+    "EXIF-rotated PNG": (".png", _writes(Image.fromarray(RGB), np.rot90(RGB, k=-1), exif=_turned_exif())),
+    "EXIF-rotated JPEG": (".jpg", _writes(Image.fromarray(RGB), None, quality=95, exif=_turned_exif())),
+    "JPEG": (".jpg", _writes(Image.fromarray(RGB), None, quality=90)),
 }
 
 
