@@ -18,7 +18,7 @@ import torch
 
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig
-from rfdetr.inference import prepare_batch, to_detections
+from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.mask_postprocess import PostProcessMasks
@@ -82,6 +82,7 @@ class RFDETR:
         :attr:`class_names` (the head row), ``data["class_name"]`` holds the names and
         ``data["category_id"]`` the dataset's (or COCO's) category ids.
         """
+        check_threshold(threshold)
         batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
         self.model.eval()
         outputs = self.model(batch)

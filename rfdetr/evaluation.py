@@ -4,6 +4,9 @@ Feed :class:`CocoEvaluator` the :class:`~rfdetr.models.postprocess.PostProcess` 
 image (labels are class-head rows; the :class:`~rfdetr.classes.ClassTable` turns them into the
 dataset's category ids), then call :meth:`CocoEvaluator.summarize`. The metrics it returns are
 described in :mod:`rfdetr.metrics`; :func:`results_json` builds ``results.json`` from them.
+
+``segm`` is scored against :func:`segm_ground_truth`: instances without a usable mask (box-only,
+:mod:`rfdetr.coco_masks`) count for ``bbox`` but are ignored by ``segm``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from rfdetr.classes import ClassTable
+from rfdetr.coco_masks import box_rle, mask_rle
 from rfdetr.metrics import STAT_NAMES, results_json, summarize_coco_eval
 
 __all__ = ["CocoEvaluator", "detections_for_image", "results_json", "STAT_NAMES"]
@@ -46,6 +50,9 @@ class CocoEvaluator:
         self.coco_gt = coco_gt
         self.classes = classes
         self.iou_types = tuple(iou_types)
+        self._ground_truth = {"bbox": coco_gt}
+        if "segm" in self.iou_types:
+            self._ground_truth["segm"] = segm_ground_truth(coco_gt)
         self._category_of_label = {e.label: e.category_id for e in classes.entries}
         # image id -> iou type -> detections; a dict so an image fed twice (padded distributed
         # samplers repeat images) counts once.
@@ -108,7 +115,7 @@ class CocoEvaluator:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             coco_dt = self._load_results(detections)
-            coco_eval = COCOeval(self.coco_gt, coco_dt, iouType=iou_type)
+            coco_eval = COCOeval(self._ground_truth[iou_type], coco_dt, iouType=iou_type)
             coco_eval.params.imgIds = image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -137,6 +144,36 @@ class CocoEvaluator:
         if unpredictable:
             logger.warning("ground-truth category ids %s are not in the class table (%s); they count as "
                            "missed", unpredictable, self.classes.describe())
+
+
+def segm_ground_truth(coco_gt: COCO) -> COCO:
+    """The ground truth of ``segm`` evaluation: a copy of ``coco_gt`` with every segmentation as its RLE.
+
+    An instance without a usable segmentation (:func:`rfdetr.coco_masks.mask_rle`) becomes a crowd
+    region over its box: COCOeval ignores it, so a detection on it is neither a hit nor a false
+    positive (and pycocotools never sees a missing, empty or malformed segmentation).
+    """
+    annotations, box_only = [], 0
+    for annotation in coco_gt.dataset.get("annotations", []):
+        image = coco_gt.imgs.get(annotation["image_id"], {})
+        height, width = image.get("height"), image.get("width")
+        if not (isinstance(height, int) and isinstance(width, int)):
+            raise ValueError(f"segm evaluation needs the height and width of image {annotation['image_id']}")
+        rle, _ = mask_rle(annotation.get("segmentation"), height, width)
+        if rle is None:
+            box_only += not annotation.get("iscrowd", 0)
+            annotations.append({**annotation, "segmentation": box_rle(annotation["bbox"], height, width),
+                                "iscrowd": 1})
+        else:
+            annotations.append({**annotation, "segmentation": rle})
+    if box_only:
+        logger.info("segm evaluation ignores %d of %d ground-truth instances: they have no usable mask",
+                    box_only, len(annotations))
+    segm = COCO()
+    segm.dataset = {**coco_gt.dataset, "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        segm.createIndex()
+    return segm
 
 
 def detections_for_image(image_id: int, result: Mapping[str, torch.Tensor],

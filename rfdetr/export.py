@@ -25,7 +25,7 @@ from torch import nn
 
 from rfdetr.classes import ClassTable
 from rfdetr.config import ModelConfig
-from rfdetr.inference import prepare_batch, to_detections
+from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.models import PostProcess
 
 logger = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class ONNXDetector:
     def predict(self, images: Any, threshold: float = 0.5):
         """``supervision.Detections`` for one image, or a list of them for a list input (with ``mask``
         for an exported mask model: detections whose query has no exported mask are left out)."""
+        check_threshold(threshold)
         batch, sizes, is_list = prepare_batch(images, self.resolution)
         names = [output.name for output in self.session.get_outputs()]
         step = self.batch_size if isinstance(self.batch_size, int) else len(batch)

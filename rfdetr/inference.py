@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,12 @@ import torch
 from rfdetr.classes import ClassTable
 from rfdetr.inputs import as_image_list, load_pixels
 from rfdetr.preprocess import resize_normalize
+
+
+def check_threshold(threshold: Any) -> None:
+    """A ``ValueError`` unless ``threshold`` is a score in [0, 1]; predict() calls it before any work."""
+    if isinstance(threshold, bool) or not isinstance(threshold, Real) or not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be a score in [0, 1], got {threshold!r}")
 
 
 def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cpu"):

@@ -1,9 +1,11 @@
 """Turning what users pass to ``predict()`` into ``[3, H, W]`` float RGB tensors in [0, 1].
 
 Accepted: a file path, a PIL image, an ``H x W x C`` numpy array (uint8, uint16, or float in
-[0, 1]; C = 1, 3 or 4; also ``H x W`` grayscale), a ``[C, H, W]`` float tensor in [0, 1], or a
-list of these. Grayscale is repeated to RGB, alpha is dropped, 16-bit is scaled by 1/65535, and
-files are rotated by their EXIF orientation. Anything else raises a ``ValueError`` (or
+[0, 1]; C = 1, 3 or 4; also ``H x W`` grayscale; views such as ``bgr[..., ::-1]`` too), a
+``[C, H, W]`` float tensor in [0, 1], or a list of these. Files and PIL images are read by
+:mod:`rfdetr.images`, the reader training uses too (EXIF orientation, 16-bit scaling, palette,
+CMYK and alpha handling are defined there); arrays follow the same rule: grayscale is repeated to
+RGB, alpha is dropped, 16-bit is scaled by 1/65535. Anything else raises a ``ValueError`` (or
 ``FileNotFoundError``) that names the input.
 """
 
@@ -15,10 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from rfdetr.images import image_pixels, read_image, scale_16_bit
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def as_image_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
@@ -56,32 +59,15 @@ def load_pixels(image: ImageInput, index: int = 0) -> torch.Tensor:
 
 
 def _from_file(path: Path, where: str) -> torch.Tensor:
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
-    with open(path, "rb") as file:
-        is_jpeg = file.read(3) == _JPEG_MAGIC
-    if is_jpeg:  # OpenCV's libjpeg-turbo: the same pixels as PIL, several times faster; applies EXIF
-        import cv2
-
-        decoded = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if decoded is not None:  # None: an unusual JPEG flavour, left to PIL (or to its error)
-            return _from_array(cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), where)
-    try:
-        with Image.open(path) as opened:
-            opened.load()
-            return _from_pil(ImageOps.exif_transpose(opened), where)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read image file {path}: {error}") from error
+    return _from_array(read_image(path), where)  # its errors name the file
 
 
 def _from_pil(image: Image.Image, where: str) -> torch.Tensor:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32)
-        scale = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
-        return _from_array((array / scale).clip(0.0, 1.0), where)
-    if image.mode != "RGB":
-        image = image.convert("RGB")  # L, P, RGBA (alpha dropped), CMYK, ...
-    return _from_array(np.array(image), where)  # np.array: a writable copy torch can share
+    try:
+        pixels = image_pixels(image)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from error
+    return _from_array(pixels, where)
 
 
 def _from_array(array: np.ndarray, where: str) -> torch.Tensor:
@@ -93,12 +79,12 @@ def _from_array(array: np.ndarray, where: str) -> torch.Tensor:
         raise ValueError(f"{where}: the image is empty ({array.shape})")
     array = array[:, :, :3] if array.shape[2] == 4 else array
     if array.dtype == np.uint8:
-        if not array.flags.writeable:
-            array = array.copy()  # torch.from_numpy needs writable memory
+        if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+            array = array.copy()  # torch.from_numpy needs writable memory and no reversed axes
         # A [3, H, W] view of the H x W x 3 memory (channels-last strides): no copy here.
         return torch.from_numpy(array).permute(2, 0, 1).expand(3, -1, -1)
     if array.dtype == np.uint16:
-        tensor = torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1).div(65535.0)
+        tensor = torch.from_numpy(scale_16_bit(array)).permute(2, 0, 1)
     elif np.issubdtype(array.dtype, np.floating):
         tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).permute(2, 0, 1)
     else:

@@ -3,7 +3,8 @@
 Each check yields :class:`CheckResult` lines: ``PASS`` (nothing found), ``WARN`` (training runs but
 something is probably unintended: no test split, a box a few pixels past its image, a missing optional
 package) or ``FAIL`` (training would crash or learn wrong targets: unreadable JSON, a missing or
-truncated image, a NaN box, an unknown image or category id, no masks in stage 2). A problem names the
+truncated image, a NaN box, an unknown image or category id, a split without any mask in stage 2;
+annotations without a usable mask are a WARN: mask training keeps their boxes). A problem names the
 file and the first :data:`MAX_LISTED` offending image/annotation ids, with a count.
 
 Layout (facts §8.1): ``<dataset_dir>/{train,valid,test}/_annotations.coco.json``, images beside each
@@ -20,7 +21,6 @@ import math
 import os
 import platform
 import re
-import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,9 +28,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from PIL import Image
-
 from rfdetr.classes import ClassTable
+from rfdetr.coco_masks import NO_SEGMENTATION, mask_rle
+from rfdetr.images import DECODE_ERRORS, read_image, upright_size
 
 ANNOTATION_FILE = "_annotations.coco.json"
 REQUIRED_SPLITS = ("train", "valid")
@@ -69,7 +69,7 @@ class SplitSummary:
     images: int
     annotations: int
     classes: int
-    segmented: int  # annotations that carry a polygon or RLE mask
+    segmented: int  # annotations with a usable polygon or RLE mask (rfdetr.coco_masks)
 
 
 @dataclass
@@ -212,7 +212,7 @@ def _check_split(root: Path, split: str, stage: int, decode: bool):
               "categories": f"{len(class_ids)} classes",
               "images": f"{len(images)} image files exist{', decode' if decode else ''} and match their size",
               "annotations": f"{len(data['annotations'])} annotations: known images and categories, boxes inside",
-              "segmentation": "segmentations well formed"}
+              "segmentation": "every segmentation given is a usable mask"}
     if stage == 2:
         passes["stage2"] = "every non-crowd annotation has a segmentation"
     summary = SplitSummary(split, len(images), len(data["annotations"]), len(class_ids), segmented)
@@ -267,18 +267,15 @@ def _check_categories(records: list, found: _Findings) -> tuple[dict[int, str], 
 
 
 def _inspect_image(path: Path, decode: bool) -> tuple[str | None, tuple[int, int] | None]:
-    """(error or None, (width, height) from the file)."""
+    """(error or None, upright (width, height)): decoded by the training reader, or from the header alone."""
     try:
-        with Image.open(path) as image:
-            size = image.size
-            if decode:
-                image.verify()  # chunk structure and checksums
-        if decode:
-            with Image.open(path) as image:
-                image.load()  # full decode: catches truncated pixel data
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as error:
-        return f"{type(error).__name__}: {error}", None
-    return None, size
+        if not decode:
+            return None, upright_size(path)
+        pixels = read_image(path)  # what training and predict() read: a file it refuses fails here
+    except DECODE_ERRORS as error:
+        cause = error.__cause__ or error  # read_image names the file; the line names it already
+        return f"{type(cause).__name__}: {cause}", None
+    return None, (pixels.shape[1], pixels.shape[0])
 
 
 def _check_image_files(folder: Path, images: dict[int, dict], decode: bool, found: _Findings) -> None:
@@ -299,7 +296,11 @@ def _check_image_files(folder: Path, images: dict[int, dict], decode: bool, foun
 
 def _check_annotations(records: list, images: dict[int, dict], categories: dict[int, str], class_ids: set[int],
                        stage: int, found: _Findings) -> tuple[dict[int, int], int]:
-    """Returns ({class id: annotation count}, number of annotations with a segmentation)."""
+    """Returns ({class id: annotation count}, number of annotations with a usable mask).
+
+    Segmentations follow :mod:`rfdetr.coco_masks`, the loader's rule: one that is present but no
+    usable mask is a WARN; in stage 2 a missing one is a WARN too, and a split without any mask a FAIL.
+    """
     class_counts: dict[int, int] = {}  # class id -> annotations
     seen_ids, segmented = set(), 0
     not_crowd = sum(isinstance(a, dict) and a.get("iscrowd", 0) != 1 for a in records)
@@ -324,15 +325,18 @@ def _check_annotations(records: list, images: dict[int, dict], categories: dict[
         problem = _bbox_problem(ann["bbox"], image)
         if problem is not None:
             found.add("annotations", problem[0], problem[1], f"annotation {aid}")
-        segmentation = ann.get("segmentation")
-        has_mask = isinstance(segmentation, dict) or bool(segmentation)
-        segmented += has_mask
-        problem = _segmentation_problem(segmentation, image) if has_mask else None
-        if problem is not None:
-            found.add("segmentation", Level.FAIL, problem, f"annotation {aid}")
-        if stage == 2 and not has_mask and ann.get("iscrowd", 0) != 1:
-            found.add("stage2", Level.FAIL, f"stage 2 needs a segmentation on all {not_crowd} non-crowd "
-                      "annotations; missing on", f"annotation {aid}")
+        if image is not None:  # the mask rule needs the image size
+            _, problem = mask_rle(ann.get("segmentation"), image["height"], image["width"])
+            segmented += problem is None
+            if problem not in (None, NO_SEGMENTATION):
+                found.add("segmentation", Level.WARN, f"{problem}: mask training keeps their boxes only",
+                          f"annotation {aid}")
+            elif problem == NO_SEGMENTATION and stage == 2 and ann.get("iscrowd", 0) != 1:
+                found.add("stage2", Level.WARN, f"annotations without a segmentation (of {not_crowd} non-crowd): "
+                          "stage 2 keeps their boxes only and segm evaluation ignores them", f"annotation {aid}")
+    if stage == 2 and segmented == 0:
+        found.add("stage2", Level.FAIL, "no usable mask: stage 2 needs polygons or RLE masks",
+                  f"0 of {len(records)} annotations")
     return class_counts, segmented
 
 
@@ -354,28 +358,6 @@ def _bbox_problem(bbox: object, image: dict | None) -> tuple[Level, str] | None:
         return Level.FAIL, "bbox lies entirely outside its image"
     if x < -BOX_TOLERANCE or y < -BOX_TOLERANCE or x + w > width + BOX_TOLERANCE or y + h > height + BOX_TOLERANCE:
         return Level.WARN, f"bbox reaches more than {BOX_TOLERANCE:g} px past its image (the loader clamps it)"
-    return None
-
-
-def _segmentation_problem(segmentation: object, image: dict | None) -> str | None:
-    """Polygons ``[[x0, y0, x1, y1, ...], ...]`` or an RLE ``{"size": [h, w], "counts": ...}``."""
-    if isinstance(segmentation, list):
-        for polygon in segmentation:
-            if not isinstance(polygon, list) or len(polygon) < 6 or len(polygon) % 2 or not all(
-                    _is_number(v) and math.isfinite(v) for v in polygon):
-                return "polygons with fewer than 3 points, an odd coordinate count or non-finite numbers"
-        return None
-    if not isinstance(segmentation, dict):
-        return "segmentations that are neither polygons nor RLE"
-    size, counts = segmentation.get("size"), segmentation.get("counts")
-    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
-        return "RLE without a [height, width] size"
-    if not isinstance(counts, (str, list)):
-        return "RLE without counts"
-    if image is not None and size != [image["height"], image["width"]]:
-        return "RLE size differs from its image's [height, width]"
-    if isinstance(counts, list) and (not all(_is_int(v) for v in counts) or sum(counts) != size[0] * size[1]):
-        return "uncompressed RLE whose counts do not sum to height * width"
     return None
 
 

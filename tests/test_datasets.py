@@ -150,10 +150,11 @@ def test_every_segmentation_encoding_decodes(tmp_path):
         annotation(3, [10, 5, 20, 20], segmentation=uncompressed_rle(rectangle)),
         annotation(4, [10, 5, 20, 20], segmentation=[[1, 2, 3, 4]]),  # 2 points: no area
     ])
-    masks = CocoDetection(split_dir, masks=True)[0][1]["masks"].numpy()
+    target = CocoDetection(split_dir, masks=True)[0][1]
+    masks = target["masks"].numpy()
     for mask in masks[:3]:
         assert np.array_equal(mask, rectangle)
-    assert masks[3].sum() == 0
+    assert masks[3].sum() == 0 and target["has_mask"].tolist() == [True, True, True, False]  # box-only
 
 
 def test_masks_are_decoded_only_when_requested(tmp_path, monkeypatch):
@@ -172,8 +173,10 @@ def test_masks_are_decoded_only_when_requested(tmp_path, monkeypatch):
 def test_bad_segmentations_name_the_annotation(tmp_path):
     with pytest.raises(ValueError, match="annotation id 9: RLE size"):
         decode_segmentation(compressed_rle(np.zeros((5, 5), np.uint8)), HEIGHT, WIDTH, where="annotation id 9")
-    with pytest.raises(ValueError, match="unrecognised segmentation"):
+    with pytest.raises(ValueError, match=r"RLE without a \[height, width\] size"):
         decode_segmentation({"points": []}, HEIGHT, WIDTH)
+    with pytest.raises(ValueError, match="neither polygons nor RLE"):
+        decode_segmentation("polygon", HEIGHT, WIDTH)
 
 
 # ---- bad input ----------------------------------------------------------------------------------
@@ -261,8 +264,11 @@ def test_flip_resize_crop_keep_boxes_and_masks_consistent(as_tensor):
     assert cropped["labels"].tolist() == [0, 1]
     assert cropped["boxes"][0].tolist() == [0, 0, 6, 20]
     assert torch.equal(mask_boxes(cropped["masks"])[0], cropped["boxes"][0])
-    unmasked = dict(target, masks=torch.cat([target["masks"][:2], torch.zeros_like(target["masks"][2:])]))
-    assert T.crop(image, unmasked, 20, 30, 20, 30)[1]["labels"].tolist() == [1, 2]  # no mask: box decides
+    unmasked = dict(target, masks=torch.cat([target["masks"][:2], torch.zeros_like(target["masks"][2:])]),
+                    has_mask=torch.tensor([True, True, False]))
+    kept = T.crop(image, unmasked, 20, 30, 20, 30)[1]
+    assert kept["labels"].tolist() == [1, 2]  # no mask: box decides
+    assert kept["has_mask"].tolist() == [True, False]  # follows its instances
 
 
 def test_random_pipeline_keeps_boxes_and_masks_consistent():

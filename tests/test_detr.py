@@ -64,6 +64,12 @@ def test_threshold_and_list_input(coco_nano):
     assert batch[1].xyxy[:, 2].max() <= 600 * 1.1  # original pixels of the 600 px wide photo
 
 
+@pytest.mark.parametrize("threshold", [-0.1, 1.5, float("nan"), "0.5", None])
+def test_threshold_outside_zero_one_is_refused(coco_nano, threshold):
+    with pytest.raises(ValueError, match=r"threshold must be a score in \[0, 1\]"):
+        coco_nano.predict(skimage.data.astronaut(), threshold=threshold)
+
+
 def test_new_class_names_rebuild_only_the_heads(upstream_nano_file):
     model = RFDETRNano(pretrain_weights=upstream_nano_file, class_names=["cat", "dog"], device="cpu")
     assert model.class_names == {0: "cat", 1: "dog"}

@@ -96,6 +96,51 @@ def test_perfect_boxes_and_masks_give_ap_one(coco_gt, classes):
         assert [row["class"] for row in s["class_map"]] == ["cat", "dog", "bird", "all"]
 
 
+# (image id, category id, xywh box, segmentation) of instances without a usable mask: box-only.
+BOX_ONLY = [(1, 9, [40, 30, 10, 10], "missing"), (2, 7, [10, 40, 20, 10], []),
+            (2, 3, [60, 5, 10, 10], [[60, 5, 70, 5]]),  # two points (pycocotools would read them as a box)
+            (3, 3, [5, 5, 10, 10], [[5, 5, 10, 10, 15, 15]]),  # three points on a line: no area
+            (3, 9, [20, 20, 10, 10], {"size": [40, 50], "counts": "not an RLE"})]
+
+
+def test_box_only_instances_count_for_bbox_and_are_ignored_by_segm(classes):
+    annotations = [{"id": i + 1, "image_id": image_id, "category_id": cid, "bbox": box, "area": box[2] * box[3],
+                    "iscrowd": 0, "segmentation": _polygon(box)} for i, (image_id, cid, box) in enumerate(OBJECTS)]
+    for image_id, cid, box, segmentation in BOX_ONLY:
+        annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cid, "bbox": box,
+                            "area": box[2] * box[3], "iscrowd": 0})
+        if segmentation != "missing":
+            annotations[-1]["segmentation"] = segmentation
+    coco = COCO()
+    coco.dataset = {"images": IMAGES, "categories": CATEGORIES, "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+
+    def detections(with_box_only: bool) -> tuple[list, list]:
+        """Every usable instance exactly; a box-only one (optionally) with its box filled as the mask."""
+        ids, results = [], []
+        for image in IMAGES:
+            anns = [a for a in coco.imgToAnns[image["id"]] if with_box_only or a["id"] <= len(OBJECTS)]
+            masks = np.zeros((len(anns), image["height"], image["width"]), np.uint8)
+            for mask, a in zip(masks, anns):
+                x, y, w, h = a["bbox"]
+                mask[y:y + h, x:x + w] = 1 if a["id"] > len(OBJECTS) else coco.annToMask(a)[y:y + h, x:x + w]
+            ids.append(image["id"])
+            results.append({"scores": torch.ones(len(anns)), "masks": torch.from_numpy(masks),
+                            "labels": torch.tensor([classes.label_of_category(a["category_id"]) for a in anns]),
+                            "boxes": torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)],
+                                                  dtype=torch.float32).reshape(-1, 4)})
+        return ids, results
+
+    everything = _summarize(coco, classes, *detections(True), ("bbox", "segm"))
+    assert everything["bbox"]["ap"] == pytest.approx(1.0)
+    assert everything["segm"]["ap"] == pytest.approx(1.0)  # detections on ignored regions are no false positives
+    usable_only = _summarize(coco, classes, *detections(False), ("bbox", "segm"))
+    assert usable_only["segm"]["ap"] == pytest.approx(1.0)  # box-only instances are no missed masks
+    assert usable_only["bbox"]["ap"] < 1.0  # but missed boxes
+    assert "segmentation" not in coco.anns[len(OBJECTS) + 1]  # the ground truth given is left as it was
+
+
 def test_float_mask_probabilities_are_thresholded(coco_gt, classes):
     ids, results = _gt_results(coco_gt, classes, masks=True)
     for result in results:  # probabilities: 0.9 inside, 0.4 outside

@@ -42,6 +42,8 @@ def test_onnx_runtime_predict_matches_pytorch_predict(exported):
         np.testing.assert_allclose(a.confidence[:count], b.confidence[:count], atol=1e-4)
         np.testing.assert_allclose(a.xyxy[:10], b.xyxy[:10], atol=0.05)
         assert (a.class_id[:10] == b.class_id[:10]).all()
+    with pytest.raises(ValueError, match=r"threshold must be a score in \[0, 1\], got 2"):
+        runtime.predict(photos, threshold=2)
 
 
 def test_missing_or_foreign_onnx_files_are_refused(tmp_path):

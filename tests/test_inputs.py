@@ -37,6 +37,15 @@ def test_grayscale_rgba_and_16_bit_are_converted(tmp_path):
     torch.testing.assert_close(load_image(path), EXPECTED[:1].expand(3, -1, -1))
 
 
+def test_reversed_array_views_are_read():
+    bgr = np.ascontiguousarray(RGB[..., ::-1])
+    torch.testing.assert_close(load_image(bgr[..., ::-1]), EXPECTED)  # the usual OpenCV BGR -> RGB view
+    torch.testing.assert_close(load_image(RGB[::-1, ::-1]), EXPECTED.flip(1, 2))
+    torch.testing.assert_close(load_image((RGB / 255.0)[:, ::-1]), EXPECTED.flip(2))
+    torch.testing.assert_close(load_image((RGB.astype(np.uint16) * 257)[::-1]), EXPECTED.flip(1))
+    assert load_pixels(bgr[..., ::-1]).dtype == torch.uint8  # still converted to float only after resizing
+
+
 def test_exif_orientation_is_applied(tmp_path):
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()

@@ -194,6 +194,28 @@ def test_zero_matches_give_finite_zero_losses_connected_to_the_graph():
 
 
 @pytest.mark.parametrize("options", MODES)
+def test_box_only_instances_add_no_mask_loss(options):
+    # Image 1's prediction is wrong for its target: counted, it would add a large loss.
+    model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_A})
+    targets[1]["has_mask"] = torch.tensor([False])
+    targets[0]["has_mask"] = torch.tensor([True])
+    generator = torch.Generator().manual_seed(0)
+    losses = MaskLoss(model, generator=generator, **options)(outputs, targets, indices, num_boxes=2)
+    assert model.requests[-1] == [(0, 2)]  # only the pair with a mask is predicted
+    generator.manual_seed(0)
+    alone = MaskLoss(model, generator=generator, **options)(outputs, targets, match([2], []), num_boxes=2)
+    for key in ("loss_mask", "loss_dice"):
+        assert losses[key].item() == pytest.approx(alone[key].item(), abs=1e-6), key
+        assert losses[key].item() < 0.05, key  # the one counted pair is perfect
+
+    targets[0]["has_mask"] = torch.tensor([False])  # no mask left: zero losses, still on the graph
+    nothing = MaskLoss(model, **options)(outputs, targets, indices, num_boxes=2)
+    assert nothing["loss_mask"].item() == 0 and nothing["loss_dice"].item() == 0
+    nothing["loss_mask"].backward()
+    assert model.scale.grad is not None
+
+
+@pytest.mark.parametrize("options", MODES)
 def test_gradient_reaches_the_mask_predictions(options):
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
     losses = MaskLoss(model, **options)(outputs, targets, indices, num_boxes=2)

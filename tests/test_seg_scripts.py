@@ -7,6 +7,7 @@ single stage must load the COCO-format checkpoint into the detector and then tra
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,37 @@ def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data,
     assert "resume: epochs 1 -> 2" in capsys.readouterr().out
     assert [json.loads(line)["epoch"] for line in (run / "log.txt").read_text().splitlines()] == [0, 1]
     assert json.loads((run / "stage2_config.json").read_text()) == summary  # the record of how it started
+
+
+# Ways an instance can lack a usable mask; each keeps its box.
+NO_MASK = (lambda a: a.pop("segmentation"),
+           lambda a: a.update(segmentation=[]),
+           lambda a: a.update(segmentation=[[10, 10, 30, 30]]),  # two points: would read as a box
+           lambda a: a.update(segmentation=[[10, 10, 20, 20, 30, 30]]),  # three points on a line: no area
+           lambda a: a.update(segmentation={"size": [96, 96], "counts": "not an RLE"}))
+
+
+def without_some_masks(source: Path, target: Path) -> Path:
+    """A copy of the dataset in which every other instance of each split has no usable mask."""
+    shutil.copytree(source, target)
+    for split in ("train", "valid"):
+        path = target / split / "_annotations.coco.json"
+        document = json.loads(path.read_text())
+        for number, annotation in enumerate(document["annotations"][::2]):
+            NO_MASK[number % len(NO_MASK)](annotation)
+        path.write_text(json.dumps(document))
+    return target
+
+
+def test_stage2_with_box_only_instances_trains_and_evaluates_masks(stage1_run, data, tmp_path, capsys):
+    partly = without_some_masks(data, tmp_path / "partly")
+    run = tmp_path / "run"
+    code = train_seg_stage2.main(["--stage1_run", str(stage1_run), "--dataset_dir", str(partly),
+                                  "--output_dir", str(run), *TINY_RUN])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    record = json.loads((run / "log.txt").read_text().splitlines()[-1])
+    assert 0.0 <= record["valid_segm_AP"] <= 1.0 and 0.0 <= record["valid_bbox_AP"] <= 1.0
 
 
 def test_stage2_refuses_a_detector_with_other_classes(stage1_run, tmp_path, capsys):

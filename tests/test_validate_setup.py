@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -165,6 +166,27 @@ def test_image_size_mismatch_warns(capsys, dataset):
     only_line(output, "WARN", "test/_annotations.coco.json", "image 2 test_2.png is 45x30, JSON says 40x30")
 
 
+@pytest.mark.parametrize("decode", [True, False])
+def test_exif_turned_image_is_checked_upright(capsys, dataset, decode):
+    """The JSON gives the size a viewer shows (and training reads): the file's raw size turned by EXIF."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (HEIGHT, WIDTH), 0).save(dataset / "train" / "train_1.jpg", exif=exif)
+    edit(dataset, "train", lambda d: d["images"][0].update(file_name="train_1.jpg"))
+    code, output = run(capsys, dataset, *([] if decode else ["--no_decode"]))
+    assert code == 0, output
+    assert "image sizes differ" not in output
+
+
+def test_float_image_outside_zero_one_fails(capsys, dataset):
+    values = np.full((HEIGHT, WIDTH), 2.0, np.float32)  # training could not read it: not intensities in [0, 1]
+    Image.fromarray(values).save(dataset / "valid" / "valid_2.tif")
+    edit(dataset, "valid", lambda d: d["images"][1].update(file_name="valid_2.tif"))
+    code, output = run(capsys, dataset)
+    assert code == 1
+    only_line(output, "FAIL", "do not decode", "image 2 valid_2.tif", "must be in [0, 1]")
+
+
 def test_duplicate_image_ids_fail(capsys, dataset):
     edit(dataset, "train", lambda d: d["images"][1].update(id=1))
     code, output = run(capsys, dataset)
@@ -243,25 +265,48 @@ def test_offenders_are_capped(capsys, dataset):
 
 
 # ---- segmentation ------------------------------------------------------------------------------------
-def test_polygon_with_two_points_fails(capsys, dataset):
-    edit(dataset, "test", lambda d: annotation(d, 11).update(segmentation=[[20, 10, 35, 10]]))
-    code, output = run(capsys, dataset)
-    assert code == 1
-    only_line(output, "FAIL", "test/_annotations.coco.json", "fewer than 3 points", "annotation 11")
+# annotation 11's segmentation (image 1, 40x30) -> whether it is a usable mask
+SEGMENTATIONS = {
+    "polygon": ([[20, 10, 35, 10, 35, 22, 20, 22]], True),
+    "polygon and a two-point piece": ([[20, 10, 35, 10, 35, 22, 20, 22], [1, 1, 2, 2]], True),
+    "uncompressed RLE": ({"size": [HEIGHT, WIDTH], "counts": [5, 10, WIDTH * HEIGHT - 15]}, True),
+    "compressed RLE": ({"size": [HEIGHT, WIDTH], "counts": "5:QU1"}, True),
+    "missing": (None, False),
+    "empty": ([], False),
+    "two points": ([[20, 10, 35, 10]], False),
+    "three points on a line": ([[20, 10, 25, 15, 30, 20]], False),
+    "odd coordinate count": ([[20, 10, 35, 10, 35, 22, 20]], False),
+    "RLE of another size": ({"size": [HEIGHT + 1, WIDTH], "counts": [0, WIDTH * (HEIGHT + 1)]}, False),
+    "RLE without pixels": ({"size": [HEIGHT, WIDTH], "counts": [WIDTH * HEIGHT]}, False),
+    "garbage RLE": ({"size": [HEIGHT, WIDTH], "counts": "not an RLE"}, False),
+    "neither": ("a string", False),
+}
 
 
-def test_rle_size_must_match_image(capsys, dataset):
-    good = {"size": [HEIGHT, WIDTH], "counts": [0, WIDTH * HEIGHT]}
-    bad = {"size": [HEIGHT + 1, WIDTH], "counts": [0, WIDTH * (HEIGHT + 1)]}
-    edit(dataset, "train", lambda d: (annotation(d, 10).update(segmentation=good),
-                                      annotation(d, 11).update(segmentation=bad)))
-    code, output = run(capsys, dataset)
-    assert code == 1
-    line = only_line(output, "FAIL", "train/_annotations.coco.json", "RLE size")
-    assert "annotation 11" in line and "annotation 10" not in line
+@pytest.mark.parametrize("name", list(SEGMENTATIONS))
+def test_linter_and_loader_agree_on_which_segmentations_are_masks(capsys, dataset, name):
+    from rfdetr.datasets import CocoDetection  # torch: only here, the linter itself must not import it
+
+    segmentation, usable = SEGMENTATIONS[name]
+
+    def change(document):
+        if segmentation is None:
+            del annotation(document, 11)["segmentation"]
+        else:
+            annotation(document, 11)["segmentation"] = segmentation
+
+    edit(dataset, "train", change)
+    code, output = run(capsys, dataset, "--stage", "2")
+    assert code == 0, output  # a WARN at most: the other annotations have masks
+    flagged = [line for line in lines(output, "WARN") if "annotation 11" in line]
+    assert len(flagged) == (0 if usable else 1), output
+    assert all("train/_annotations.coco.json" in line and "boxes only" in line for line in flagged)
+    target = CocoDetection(dataset / "train", masks=True)[0][1]  # image 1: annotations 10 and 11
+    assert target["has_mask"].tolist() == [True, usable]
+    assert bool(target["masks"][1].any()) == usable
 
 
-def test_stage2_requires_segmentation(capsys, dataset):
+def test_stage2_warns_about_missing_masks_and_fails_without_any(capsys, dataset):
     def drop_masks(document):
         annotation(document, 10)["segmentation"] = []
         del annotation(document, 12)["segmentation"]
@@ -269,11 +314,19 @@ def test_stage2_requires_segmentation(capsys, dataset):
 
     edit(dataset, "valid", drop_masks)
     code, output = run(capsys, dataset, "--stage", "1")
+    assert code == 0 and "annotation 10" not in output, output  # stage 1 needs no masks
+    code, output = run(capsys, dataset, "--stage", "2")
     assert code == 0, output
+    line = only_line(output, "WARN", "valid/_annotations.coco.json", "without a segmentation (of 3 non-crowd)",
+                     "(2)")
+    assert "annotation 10, annotation 12" in line and "annotation 13" not in line  # crowd ones need no mask
+    assert "valid: 2 images, 4 annotations (1 with masks)" in output
+
+    edit(dataset, "valid", lambda d: annotation(d, 11).pop("segmentation"))
     code, output = run(capsys, dataset, "--stage", "2")
     assert code == 1
-    line = only_line(output, "FAIL", "valid/_annotations.coco.json", "stage 2 needs a segmentation on all 3 non-crowd", "(2)")
-    assert "annotation 10, annotation 12" in line and "annotation 13" not in line  # crowd ones need no mask
+    only_line(output, "FAIL", "valid/_annotations.coco.json", "no usable mask", "0 of 4 annotations")
+    assert lines(output, "FAIL") == [line for line in lines(output, "FAIL") if "valid/" in line]
 
 
 # ---- environment and the script itself --------------------------------------------------------------

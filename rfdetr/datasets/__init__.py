@@ -1,6 +1,7 @@
 """COCO-format datasets, joint image/target transforms, batching and synthetic data."""
 
-from rfdetr.datasets.coco import CocoDetection, build_dataset, decode_segmentation, resolve_split_dir
+from rfdetr.coco_masks import decode_segmentation
+from rfdetr.datasets.coco import CocoDetection, build_dataset, resolve_split_dir
 from rfdetr.datasets.collate import collate_fn, random_scale, resize_batch
 from rfdetr.datasets.transforms import multi_scale_sizes, train_scales
 

@@ -9,7 +9,8 @@ malformed, NaN/inf or has a negative width/height with a logged warning; boxes e
 to the image silently. Images without annotations are kept. Unknown image or category ids, missing
 files and broken JSON raise errors naming the file and the id. An unreadable or truncated image raises
 ``ValueError`` naming the file when the item is loaded (it is not skipped: a silent skip would change
-the dataset). Masks are decoded only when the dataset is built with ``masks=True``, per item.
+the dataset). Images are read by :func:`rfdetr.images.read_image`, the reader of ``predict()``, so
+both see the same pixels. Masks are decoded only when the dataset is built with ``masks=True``, per item.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as coco_mask
 from torch.utils.data import Dataset
 
 from rfdetr.classes import ClassTable
-from rfdetr.datasets.transforms import Transform, eval_transforms, train_scales, train_transforms
+from rfdetr.coco_masks import decode_rle, mask_rle
+from rfdetr.datasets.transforms import Transform, eval_transforms, image_size, train_scales, train_transforms
+from rfdetr.images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -80,33 +82,6 @@ def dataset_classes(dataset_dir: str | Path, split: str = "train") -> ClassTable
     """The class table of a split, read from its annotation file alone (no images touched)."""
     path = resolve_split_dir(dataset_dir, split) / ANNOTATION_FILE
     return ClassTable.from_categories(load_annotation_file(path)["categories"])
-
-
-# ---- segmentation decoding ---------------------------------------------------------------------
-def decode_segmentation(segmentation: Any, height: int, width: int, where: str = "annotation") -> np.ndarray:
-    """A COCO ``segmentation`` -> ``[height, width]`` uint8 0/1 mask.
-
-    Polygons (merged), compressed RLE (string counts) and uncompressed RLE (list counts) are
-    accepted; a missing or empty segmentation gives an all-zero mask. ``where`` names the
-    annotation in error messages.
-    """
-    if not segmentation:
-        return np.zeros((height, width), dtype=np.uint8)
-    if isinstance(segmentation, list):
-        polygons = [[float(v) for v in p] for p in segmentation
-                    if isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polygons:  # fewer than 3 points: no area (and 4 numbers would read as a box)
-            return np.zeros((height, width), dtype=np.uint8)
-        rle = coco_mask.merge(coco_mask.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        if [int(s) for s in segmentation["size"]] != [height, width]:
-            raise ValueError(f"{where}: RLE size {segmentation['size']} does not match the image size "
-                             f"{[height, width]}")
-        counts = segmentation["counts"]
-        rle = coco_mask.frPyObjects(segmentation, height, width) if isinstance(counts, list) else segmentation
-    else:
-        raise ValueError(f"{where}: unrecognised segmentation of type {type(segmentation).__name__}")
-    return (coco_mask.decode(rle) > 0).astype(np.uint8)
 
 
 # ---- annotation checks -------------------------------------------------------------------------
@@ -171,11 +146,13 @@ def _index_images(data: dict, path: Path) -> list[dict]:
 class CocoDetection(Dataset):
     """Images and targets of one COCO split.
 
-    Items are ``(image, target)``: the image as given by ``transforms`` (a PIL RGB image without
-    them) and a target with ``boxes`` ``[N, 4]`` float32 (x0, y0, x1, y1 pixels, or what the
-    transforms make of them), ``labels`` ``[N]`` int64 (ClassTable labels), ``image_id`` int64,
-    ``orig_size`` / ``size`` ``[2]`` int64 (h, w), ``area`` ``[N]`` float32, ``iscrowd`` ``[N]`` int64
-    and, only when ``masks=True``, ``masks`` ``[N, H, W]`` uint8.
+    Items are ``(image, target)``: the image as given by ``transforms`` (without them a PIL RGB
+    image, or a ``[3, H, W]`` float tensor for 16-bit and float files: :meth:`load_image`) and a
+    target with ``boxes`` ``[N, 4]`` float32 (x0, y0, x1, y1 pixels, or what the transforms make of
+    them), ``labels`` ``[N]`` int64 (ClassTable labels), ``image_id`` int64, ``orig_size`` / ``size``
+    ``[2]`` int64 (h, w), ``area`` ``[N]`` float32, ``iscrowd`` ``[N]`` int64 and, only when
+    ``masks=True``, ``masks`` ``[N, H, W]`` uint8 with ``has_mask`` ``[N]`` bool (False for a
+    box-only instance, whose mask is empty: the rule of :mod:`rfdetr.coco_masks`).
     """
 
     def __init__(self, split_dir: str | Path, transforms: Transform | None = None, *, masks: bool = False,
@@ -199,7 +176,7 @@ class CocoDetection(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, torch.Tensor]]:
         image = self.load_image(index)
-        target = self.load_target(index, *image.size)
+        target = self.load_target(index, *image_size(image))
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
@@ -208,18 +185,25 @@ class CocoDetection(Dataset):
     def image_ids(self) -> list[int]:
         return [int(image["id"]) for image in self._images]
 
-    def load_image(self, index: int) -> Image.Image:
-        """The image as RGB; unreadable or truncated files raise ``ValueError`` naming the file."""
+    def load_image(self, index: int) -> Image.Image | torch.Tensor:
+        """The image read by :func:`rfdetr.images.read_image` (the pixels predict() reads from the file).
+
+        8-bit sources as a PIL RGB image; 16-bit and float ones as a ``[3, H, W]`` float32 tensor in
+        [0, 1] (the transforms take either). Unreadable or truncated files raise ``ValueError`` naming
+        the file.
+        """
         info = self._images[index]
         path = self.split_dir / info["file_name"]
         try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
+            pixels = read_image(path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"image file {path} (image id {info['id']}) does not exist") from error
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
+        except ValueError as error:
             raise ValueError(f"cannot read image file {path} (image id {info['id']} in "
-                             f"{self.annotation_path.name}): {error}") from error
+                             f"{self.annotation_path.name}): {error.__cause__ or error}") from error
+        if pixels.dtype == np.uint8:
+            return Image.fromarray(pixels)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
     def load_target(self, index: int, width: int, height: int) -> dict[str, torch.Tensor]:
         """Target of image ``index`` whose decoded size is ``width x height`` (see the class docstring)."""
@@ -245,16 +229,19 @@ class CocoDetection(Dataset):
             "iscrowd": torch.zeros(len(kept), dtype=torch.int64),
         }
         if self.masks:
-            target["masks"] = self._decode_masks(kept, height, width)
+            target["masks"], target["has_mask"] = self._decode_masks(kept, height, width)
         return target
 
-    def _decode_masks(self, annotations: list[dict], height: int, width: int) -> torch.Tensor:
-        masks = [decode_segmentation(a.get("segmentation"), height, width,
-                                     where=f"{self.annotation_path} annotation id {a.get('id')}")
-                 for a in annotations]
+    @staticmethod
+    def _decode_masks(annotations: list[dict], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``masks [N, H, W]`` uint8 and ``has_mask [N]`` bool; a box-only instance (no usable
+        segmentation, :mod:`rfdetr.coco_masks`) gets an empty mask and ``has_mask`` False."""
+        rles = [mask_rle(a.get("segmentation"), height, width)[0] for a in annotations]
+        masks = [decode_rle(rle) if rle is not None else np.zeros((height, width), np.uint8) for rle in rles]
+        has_mask = torch.tensor([rle is not None for rle in rles], dtype=torch.bool)
         if not masks:
-            return torch.zeros((0, height, width), dtype=torch.uint8)
-        return torch.from_numpy(np.stack(masks))
+            return torch.zeros((0, height, width), dtype=torch.uint8), has_mask
+        return torch.from_numpy(np.stack(masks)), has_mask
 
     @cached_property
     def coco(self):

@@ -3,7 +3,7 @@
 Every transform is a callable ``(image, target) -> (image, target)``. ``image`` is a PIL image or a
 ``[3, H, W]`` tensor; ``target`` holds ``boxes`` (``[N, 4]`` absolute x0, y0, x1, y1 pixels until
 :class:`NormalizeBoxes`), ``labels``, ``area``, ``iscrowd``, ``size`` (h, w) and optionally ``masks``
-(``[N, H, W]`` uint8). Boxes, areas and masks are always changed together.
+(``[N, H, W]`` uint8, with ``has_mask`` ``[N]``). Boxes, areas and masks are always changed together.
 
 Randomness comes from torch: each random transform takes an optional ``torch.Generator``; with
 ``None`` it uses torch's global generator, which ``DataLoader`` seeds per worker (so
@@ -119,7 +119,7 @@ def crop(image: ImageLike, target: Target, top: int, left: int, height: int, wid
         target["masks"] = target["masks"][:, top:top + height, left:left + width]
         # An instance whose mask was cut away goes too; one that never had a mask keeps its box.
         keep &= target["masks"].flatten(1).any(1).bool() | ~had_pixels
-    for key in ("boxes", "labels", "area", "iscrowd", "masks"):
+    for key in ("boxes", "labels", "area", "iscrowd", "masks", "has_mask"):
         if key in target:
             target[key] = target[key][keep]
     return image, target

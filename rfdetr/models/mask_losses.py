@@ -25,7 +25,9 @@ Two ways to compare (``num_points``):
 
 Normalisation: the pixel (or point) loss is averaged per mask, then summed over matched masks and
 divided by ``num_boxes`` (the fork averaged over one image axis only, facts §7.3, §12.7). Dice:
-``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)`` per mask, summed / ``num_boxes``.
+``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)`` per mask, summed / ``num_boxes``. Box-only instances
+(``has_mask`` False in the target: no usable segmentation, :mod:`rfdetr.coco_masks`) stay matched,
+so no other query takes their place, but add no mask loss; the divisor stays ``num_boxes``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def mask_predictor(model: Any) -> MaskPredictor:
     if inner is not None and hasattr(inner, "predict_masks"):
         return inner
     raise TypeError(f"{type(model).__name__} has no predict_masks (expected a DETRsegm)")
+
+
+def matches_with_masks(targets: Sequence[dict], indices: Sequence[ImageMatch]) -> list[ImageMatch]:
+    """The matched pairs whose target instance has a mask: ``has_mask`` True, or every pair of a target
+    without ``has_mask``."""
+    kept = []
+    for target, (queries, target_index) in zip(targets, indices):
+        has_mask = target.get("has_mask")
+        if has_mask is not None:
+            keep = has_mask.to(target_index.device)[target_index]
+            queries, target_index = queries[keep.to(queries.device)], target_index[keep]
+        kept.append((queries, target_index))
+    return kept
 
 
 def valid_fractions(image_mask: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
@@ -212,11 +227,13 @@ class MaskLoss:
         """``{"loss_mask", "loss_dice"}`` for an output set with ``mask_context``; ``{}`` otherwise.
 
         targets: per image ``masks [T_i, h, w]`` (uint8/bool/float) at the image's unpadded size, and
-        optionally ``size`` (h, w) (used to refine the valid fractions, :func:`valid_fractions`).
+        optionally ``has_mask [T_i]`` (pairs whose instance has none add no loss) and ``size`` (h, w)
+        (used to refine the valid fractions, :func:`valid_fractions`).
         """
         context = outputs.get("mask_context")
         if context is None:
             return {}
+        indices = matches_with_masks(targets, indices)
         batch_index, query_index = matched_query_index(indices)
         if batch_index.numel() == 0:
             return self._zero_losses(context, batch_index.device)

@@ -23,6 +23,7 @@ from torch import nn
 
 from rfdetr.checkpoint import read_checkpoint, stored_run_config
 from rfdetr.classes import ClassTable
+from rfdetr.coco_masks import count_masks
 from rfdetr.config import MaskConfig, RunConfig, StageName, TrainConfig
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.loading import load_model
@@ -123,14 +124,21 @@ def detector_size(path: str | os.PathLike) -> str:
 
 
 def check_segmentation(dataset_dir: str) -> int:
-    """Number of training annotations with a segmentation; an error if there is none."""
+    """Number of training annotations with a usable mask (:mod:`rfdetr.coco_masks`); an error if there is none.
+
+    The others are box-only: a logged warning counts them by reason (they add no mask loss).
+    """
     path = resolve_split_dir(dataset_dir, "train") / ANNOTATION_FILE
-    annotations = load_annotation_file(path)["annotations"]
-    count = sum(1 for a in annotations if a.get("segmentation"))
-    if count == 0:
-        raise ValueError(f"{path} has no segmentation in any annotation: mask training needs polygons or RLE "
+    counts = count_masks(load_annotation_file(path))
+    usable = counts.pop(None, 0)
+    if usable == 0:
+        raise ValueError(f"{path} has no segmentation usable as a mask: mask training needs polygons or RLE "
                          "(check with: python validate_setup.py --dataset_dir ... --stage 2)")
-    return count
+    if counts:
+        logger.warning("%s: %d of %d annotations have no usable mask and train boxes only (%s)", path,
+                       sum(counts.values()), usable + sum(counts.values()),
+                       "; ".join(f"{reason}: {count}" for reason, count in counts.most_common()))
+    return usable
 
 
 def find_stage1_checkpoint(run_dir: str | os.PathLike) -> Path:
