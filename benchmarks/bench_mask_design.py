@@ -40,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from rfdetr.config import TrainConfig, model_config  # noqa: E402
+from rfdetr.config import RunConfig, TrainConfig, mask_config, model_config  # noqa: E402
 from rfdetr.datasets import make_synthetic_coco  # noqa: E402
 from rfdetr.datasets.coco import dataset_classes  # noqa: E402
 from rfdetr.models import build_detector, mask_heads, segmentation  # noqa: E402
-from rfdetr.training.segmentation import train_stage2  # noqa: E402
+from rfdetr.loading import load_model  # noqa: E402
+from rfdetr.training.stages import build_trainer  # noqa: E402
 from rfdetr.training.trainer import Trainer  # noqa: E402
 
 
@@ -99,22 +100,24 @@ def train_detector(args: argparse.Namespace, data: Path, output: Path) -> Path:
     classes = dataset_classes(data)
     config = model_config("nano", num_classes=classes.num_rows - 1, num_queries=20, group_detr=1)
     torch.manual_seed(0)
-    result = Trainer(build_detector(config), config, classes,
-                     quick_config(args, data, output, args.detector_epochs, seed=0)).fit()
+    train = quick_config(args, data, output, args.detector_epochs, seed=0)
+    result = Trainer(build_detector(config), RunConfig(stage="detector", model=config, train=train), classes).fit()
     print(f"detector: best bbox AP {result.best_metric:.3f} (epoch {result.best_epoch})", file=sys.stderr)
     return output / "checkpoint_best_total.pth"
 
 
 def train_variant(args: argparse.Namespace, data: Path, detector: Path, output: Path, variant: str,
                   seed: int) -> dict:
-    original = segmentation.ImageStem
-    segmentation.ImageStem = VARIANTS[variant]  # DETRsegm builds its stem from this name
     segmentation.DETRsegm.forward = upsampled_memory_forward
     try:
+        classes = dataset_classes(data)
+        loaded = load_model("nano", detector, class_names=classes, masks=False, require_trained_heads=True)
         torch.manual_seed(seed)
-        result = train_stage2(detector, quick_config(args, data, output, args.mask_epochs, seed), mask_head="nano")
+        model = segmentation.DETRsegm(loaded.model, freeze_detr=True, mask_head="nano", image_stem=VARIANTS[variant]())
+        run = RunConfig(stage="masks", model=loaded.config, mask=mask_config("nano"),
+                        train=quick_config(args, data, output, args.mask_epochs, seed))
+        result = build_trainer(run, model, classes).fit()
     finally:
-        segmentation.ImageStem = original
         segmentation.DETRsegm.forward = ORIGINAL_FORWARD
     best = max(result.history, key=lambda record: record["valid_segm_AP"])
     stats = best["valid_segm_stats"]

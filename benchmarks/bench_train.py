@@ -57,17 +57,17 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import psutil
 import torch
 from torch import nn
 
-from rfdetr.config import ModelConfig, TrainConfig, model_config
+from rfdetr.config import ModelConfig, TrainConfig, mask_config, model_config
 from rfdetr.datasets import build_dataset, collate_fn, make_synthetic_coco
 from rfdetr.models import DETRsegm, SetCriterion, build_criterion, build_detector
-from rfdetr.models.mask_losses import (add_mask_losses, dense_pair, dice_per_mask, mask_predictor,
-                                       sigmoid_ce_per_mask, valid_cells, valid_fractions)
+from rfdetr.models.mask_geometry import valid_cells, valid_fractions
+from rfdetr.models.mask_losses import add_mask_losses, dense_pair, dice_per_mask, sigmoid_ce_per_mask
 from rfdetr.models.matcher import ImageMatch
 from rfdetr.training.optim import build_optimizer
 from rfdetr.util.weight_fill import fill_model_
@@ -112,8 +112,7 @@ class AllQueryMaskLoss:
     mean BCE and Dice per mask on the image's cells, summed over all slots / ``num_boxes``.
     """
 
-    def __init__(self, model_for_masks: Any, query_slots: int):
-        self.predictor = mask_predictor(model_for_masks)
+    def __init__(self, query_slots: int):
         self.query_slots = query_slots
 
     def __call__(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
@@ -125,7 +124,7 @@ class AllQueryMaskLoss:
         device = context.query_features.device
         slot_query = torch.arange(self.query_slots, device=device) % num_queries
         batch_index = torch.arange(batch, device=device).repeat_interleave(self.query_slots)
-        logits = self.predictor.predict_masks(context, batch_index, slot_query.repeat(batch)).float()
+        logits = context.predict(batch_index, slot_query.repeat(batch)).float()
         fractions = valid_fractions(context.image_mask, torch.stack([t["size"] for t in targets]))
         mask_terms, dice_terms = [], []
         for image, (target, (queries, target_index)) in enumerate(zip(targets, indices)):
@@ -150,7 +149,7 @@ class AllQueryMaskLoss:
 
 @dataclass(frozen=True)
 class Stage2Build:
-    """Builder of the stage-2 ``(model, criterion)``, as :func:`rfdetr.training.segmentation.build_mask_run`
+    """Builder of the stage-2 ``(model, criterion)``, as :func:`rfdetr.training.stages.build_trainer`
     builds them for a frozen detector (one query group, no aux losses) with ``add_mask_losses``.
 
     query_slots: ``None`` keeps the real term (matched queries only); an int replaces it by
@@ -168,9 +167,10 @@ class Stage2Build:
             giou_loss_coef=train_config.giou_loss_coef, set_cost_class=train_config.set_cost_class,
             set_cost_bbox=train_config.set_cost_bbox, set_cost_giou=train_config.set_cost_giou,
             focal_alpha=train_config.focal_alpha)
-        add_mask_losses(criterion, model)
+        mask = mask_config(config.size)  # the default loss weights
+        add_mask_losses(criterion, mask.mask_loss_coef, mask.dice_loss_coef)
         if self.query_slots is not None:
-            criterion.register_loss("masks", AllQueryMaskLoss(model, self.query_slots))  # keeps the weights
+            criterion.register_loss("masks", AllQueryMaskLoss(self.query_slots))  # keeps the weights
         return model, criterion
 
 

@@ -144,7 +144,7 @@ class ModelConfig(BaseModel):
         return self
 
 
-# Native geometry of the published upstream 1.2.1 checkpoints (facts sheet section 1.2).
+# Native geometry of the published upstream 1.2.1 checkpoints.
 SIZE_PRESETS: dict[str, dict] = {
     "nano": dict(
         encoder="dinov2_windowed_small", hidden_dim=256, patch_size=16, num_windows=2,
@@ -187,7 +187,7 @@ def model_config(size: str, **overrides) -> ModelConfig:
 
 
 class TrainConfig(BaseModel):
-    """How to train: data, optimisation, schedule, checkpoints and logging (facts sheet section 1.6).
+    """How to train: data, optimisation, schedule, checkpoints and logging.
 
     The training scripts map their flags onto these fields and nothing else declares a default.
     ``grad_accum_steps`` micro-batches of ``batch_size`` images make one optimizer step.
@@ -248,7 +248,7 @@ StageName = Literal["detector", "masks", "joint"]
 
 
 class MaskConfig(BaseModel):
-    """The mask head of a segmentation model and how it trains (facts sheet sections 7.3, 9).
+    """The mask head of a segmentation model and how it trains.
 
     ``mask_head``: ``"nano"`` (light, for the nano size) or ``"small"`` (DETR's head);
     ``frozen_detector``: stage 2 (only the mask head trains) or single stage (everything trains).

@@ -87,7 +87,7 @@ class RFDETR:
         self.model.eval()
         outputs = self.model(batch)
         if self.masks:  # masks only for the detections above the threshold
-            results = self.postprocess_masks(outputs, sizes, self.model, self.classes.class_rows,
+            results = self.postprocess_masks(outputs, sizes, self.classes.class_rows,
                                              score_threshold=threshold)
         else:
             results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)

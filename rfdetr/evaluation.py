@@ -33,7 +33,7 @@ __all__ = ["CocoEvaluator", "detections_for_image", "results_json", "STAT_NAMES"
 logger = logging.getLogger(__name__)
 
 IOU_TYPES = ("bbox", "segm")
-MASK_THRESHOLD = 0.5  # probabilities above this are inside the mask (facts §8.4)
+MASK_THRESHOLD = 0.5  # probabilities above this are inside the mask
 
 
 class CocoEvaluator:

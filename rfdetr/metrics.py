@@ -4,7 +4,7 @@ A *summary* (one per IoU type, ``"bbox"`` or ``"segm"``) is a plain JSON-ready d
 
 - ``stats``: the 12 COCO numbers as pycocotools computes them (-1 where undefined);
 - ``ap``, ``ap50``, ``ap75``, ``ar100``: ``stats[0]``, ``[1]``, ``[2]``, ``[8]`` (undefined -> 0.0);
-- ``precision``, ``recall``, ``f1``: the extended metrics of facts §8.4. At IoU 0.5, area "all",
+- ``precision``, ``recall``, ``f1``: the extended metrics of upstream's results.json. At IoU 0.5, area "all",
   100 detections, every class's precision is read at each of COCO's 101 recall thresholds ``r``;
   ``F1 = 2 P r / (P + r)``; the threshold with the best class-mean F1 is chosen and the class-mean
   precision there, that ``r`` and that F1 are reported;
@@ -67,7 +67,7 @@ def summarize_coco_eval(coco_eval: Any, classes: ClassTable) -> dict[str, Any]:
 
 def results_json(best_valid: Mapping[str, Any], best_test: Mapping[str, Any] | None = None,
                  epoch: int | None = None) -> dict[str, Any]:
-    """The ``results.json`` document (facts §8.4) from summaries of the chosen (best) epoch.
+    """The ``results.json`` document from summaries of the chosen (best) epoch.
 
     ``best_valid``/``best_test`` map IoU type -> summary, as ``CocoEvaluator.summarize`` returns.
     Top-level ``map`` (= AP50), ``precision`` and ``recall`` are the validation bbox numbers; with

@@ -7,7 +7,7 @@ truncated image, a NaN box, an unknown image or category id, a split without any
 annotations without a usable mask are a WARN: mask training keeps their boxes). A problem names the
 file and the first :data:`MAX_LISTED` offending image/annotation ids, with a count.
 
-Layout (facts §8.1): ``<dataset_dir>/{train,valid,test}/_annotations.coco.json``, images beside each
+Layout: ``<dataset_dir>/{train,valid,test}/_annotations.coco.json``, images beside each
 JSON; ``test`` is optional. Category ids go through :class:`rfdetr.classes.ClassTable` (a Roboflow
 export's id-0 "none" project entry is not a class). ``validate_setup.py`` is the front end.
 """
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from rfdetr.classes import ClassTable
+from rfdetr.coco_layout import ANNOTATION_FILE, find_split_dir
 from rfdetr.coco_masks import NO_SEGMENTATION, mask_rle
 from rfdetr.images import DECODE_ERRORS, read_image, upright_size
 
-ANNOTATION_FILE = "_annotations.coco.json"
 REQUIRED_SPLITS = ("train", "valid")
 OPTIONAL_SPLITS = ("test",)
 # Exporters round box corners, so a box may reach this many pixels past its image without comment.
@@ -168,10 +168,11 @@ def check_dataset(dataset_dir: str | os.PathLike, stage: int = 1, decode: bool =
         return report
     categories_by_split: dict[str, dict[int, str]] = {}
     for split in REQUIRED_SPLITS + OPTIONAL_SPLITS:
-        if not (root / split / ANNOTATION_FILE).is_file():
+        folder = find_split_dir(root, split)  # the loader's rule: val/ serves valid too
+        if folder is None or not (folder / ANNOTATION_FILE).is_file():
             report.results.append(_missing_split(root, split))
             continue
-        results, summary, categories = _check_split(root, split, stage, decode)
+        results, summary, categories = _check_split(root, folder.name, stage, decode)
         report.results.extend(results)
         if summary is not None:
             report.splits.append(summary)
@@ -184,8 +185,7 @@ def _missing_split(root: Path, split: str) -> CheckResult:
     where = f"{split}/{ANNOTATION_FILE}"
     if split in OPTIONAL_SPLITS:
         return CheckResult(Level.WARN, split, f"{where} not found: no test split (evaluation will use valid only)")
-    hint = " (rename the folder 'val' to 'valid')" if split == "valid" and (root / "val").is_dir() else ""
-    return CheckResult(Level.FAIL, split, f"{where} not found: the {split} split is required{hint}")
+    return CheckResult(Level.FAIL, split, f"{where} not found: the {split} split is required")
 
 
 def _check_split(root: Path, split: str, stage: int, decode: bool):

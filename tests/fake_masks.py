@@ -18,6 +18,17 @@ def fractions_of(sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
     return [(h / height, w / width) for h, w in sizes]
 
 
+class FakeContext:
+    """A mask context as ``DETRsegm`` makes one: the batch's padding mask and the head that predicts its masks."""
+
+    def __init__(self, image_mask: torch.Tensor, head: "FakeMaskModel"):
+        self.image_mask = image_mask
+        self.head = head
+
+    def predict(self, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        return self.head.predict_masks(self, batch_index, query_index)
+
+
 class FakeMaskModel:
     """``predict_masks`` evaluates ``render`` at the centres of the stride-4 cells of the canvas, in
     the coordinates of the image (``fractions`` of the canvas it fills); records every requested

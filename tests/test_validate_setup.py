@@ -116,6 +116,17 @@ def test_missing_required_split_fails(capsys, tmp_path):
     only_line(output, "FAIL", "valid/_annotations.coco.json", "not found")
 
 
+def test_a_val_folder_serves_the_linter_and_the_loader_alike(capsys, tmp_path):
+    from rfdetr.datasets import build_dataset
+
+    root = make_dataset(tmp_path / "d")
+    (root / "valid").rename(root / "val")  # the COCO / Ultralytics name
+    code, output = run(capsys, root)
+    assert code == 0 and not lines(output, "FAIL"), output
+    valid = build_dataset(root, "valid", train=False, resolution=64)
+    assert valid.split_dir == root / "val" and len(valid) == len(build_dataset(root, "val", resolution=64))
+
+
 def test_missing_test_split_warns(capsys, tmp_path):
     root = make_dataset(tmp_path / "d", splits=("train", "valid"))
     code, output = run(capsys, root)

@@ -1,4 +1,4 @@
-"""COCO-format detection/segmentation datasets in the Roboflow layout (facts §8.1, §8.2).
+"""COCO-format detection/segmentation datasets in the Roboflow layout.
 
 ``<dataset_dir>/<split>/_annotations.coco.json`` with the images beside it (``val`` falls back to
 ``valid``). Labels come from :class:`rfdetr.classes.ClassTable` (category ids -> contiguous labels;
@@ -30,27 +30,24 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from rfdetr.classes import ClassTable
+from rfdetr.coco_layout import ANNOTATION_FILE, find_split_dir
 from rfdetr.coco_masks import decode_rle, mask_rle
 from rfdetr.datasets.transforms import Transform, eval_transforms, image_size, train_scales, train_transforms
 from rfdetr.images import read_image
 
 logger = logging.getLogger(__name__)
 
-ANNOTATION_FILE = "_annotations.coco.json"
-SPLIT_ALIASES = {"val": "valid"}
 _MAX_LOGGED_SKIPS = 5
 
 
 # ---- files -------------------------------------------------------------------------------------
 def resolve_split_dir(dataset_dir: str | Path, split: str) -> Path:
-    """``dataset_dir/split``; ``val`` maps to ``valid`` when only that folder exists."""
+    """``dataset_dir/split`` (``valid`` and ``val`` are one split, :mod:`rfdetr.coco_layout`)."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
-    split_dir = dataset_dir / split
-    if not split_dir.is_dir() and split in SPLIT_ALIASES:
-        split_dir = dataset_dir / SPLIT_ALIASES[split]
-    if not split_dir.is_dir():
+    split_dir = find_split_dir(dataset_dir, split)
+    if split_dir is None:
         found = sorted(p.name for p in dataset_dir.iterdir() if p.is_dir())
         raise FileNotFoundError(f"split folder {dataset_dir / split} does not exist (found folders: {found}); "
                                 f"expected <dataset_dir>/{{train,valid,test}}/{ANNOTATION_FILE}")
@@ -276,7 +273,7 @@ def build_dataset(dataset_dir: str | Path, split: str, *, resolution: int, train
                   do_random_resize_via_padding: bool = False, patch_size: int | None = None,
                   num_windows: int | None = None, masks: bool = False,
                   generator: torch.Generator | None = None) -> CocoDetection:
-    """The ``split`` of ``dataset_dir`` with the transforms of facts §8.3.
+    """The ``split`` of ``dataset_dir`` with its transforms (train: flip, resize/crop, square resize).
 
     ``train`` (default: ``split == "train"``) selects the augmenting pipeline; its square sizes
     come from :func:`train_scales` (``patch_size``/``num_windows`` are needed for multi-scale).

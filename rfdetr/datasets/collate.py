@@ -1,4 +1,4 @@
-"""Batching: padded image batches with targets, and the per-step multi-scale resize (facts §7.9)."""
+"""Batching: padded image batches with targets, and the per-step multi-scale resize."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Joint image/target augmentations for training and evaluation (facts §7.9, §8.3).
+"""Joint image/target augmentations for training and evaluation.
 
 Every transform is a callable ``(image, target) -> (image, target)``. ``image`` is a PIL image or a
 ``[3, H, W]`` tensor; ``target`` holds ``boxes`` (``[N, 4]`` absolute x0, y0, x1, y1 pixels until
@@ -27,7 +27,7 @@ ImageLike = Image.Image | torch.Tensor
 Target = dict[str, torch.Tensor]
 Transform = Callable[[ImageLike, Target], tuple[ImageLike, Target]]
 
-# Training crop recipe of facts §8.3: shorter side -> one of these, then a random crop of this size range.
+# Training crop recipe: shorter side -> one of these, then a random crop of this size range.
 TRAIN_RESIZE_SIDES = (400, 500, 600)
 TRAIN_CROP_RANGE = (384, 600)
 
@@ -274,7 +274,7 @@ def multi_scale_sizes(resolution: int, patch_size: int, num_windows: int, expand
 
 def train_scales(resolution: int, patch_size: int, num_windows: int, *, multi_scale: bool,
                  expanded_scales: bool, do_random_resize_via_padding: bool) -> list[int]:
-    """Sides the training SquareResize draws from (facts §7.9).
+    """Sides the training SquareResize draws from.
 
     No multi-scale: ``[resolution]``. Multi-scale with per-sample sizes (resize via padding): all
     sizes. Otherwise only the largest size; the batch is resized per step (see ``resize_batch``).

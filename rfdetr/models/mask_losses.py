@@ -1,16 +1,6 @@
 """Mask losses of DETRsegm: sigmoid BCE (or focal) and Dice on Hungarian-matched queries only.
 
-Geometry. ``predict_masks`` returns logits ``[N, Hm, Wm]`` on a grid that covers the whole padded
-canvas of the batch tensor; cell ``j`` covers canvas x in ``[j, j + 1) * W / Wm``. Image ``i`` fills
-the top-left fraction ``(fh, fw)`` of the canvas (:func:`valid_fractions`), so its valid region
-spans ``fw * Wm`` cells (maybe fractional) and a point at normalised x ``u`` of the image (the
-coordinates of its boxes and of its target masks, whatever their pixel size) lies at cell
-coordinate ``u * fw * Wm``. Both batch padding and the per-step multi-scale batch resize
-(``resize_batch``, which scales canvas and image alike) keep the fractions, so targets never need
-resizing with the batch. Predictions are read only from the cells that overlap the valid region
-(clamped there, the way ``grid_sample``'s border padding treats an image alone), so a mask's loss
-does not depend on the padding around it: the same image alone or padded beside a larger one gives
-the same loss.
+Geometry: :mod:`rfdetr.models.mask_geometry` (where a mask's image lies on the padded canvas).
 
 Two ways to compare (``num_points``):
 
@@ -24,7 +14,7 @@ Two ways to compare (``num_points``):
   spends the budget on boundaries, and targets keep their full resolution (no resize at all).
 
 Normalisation: the pixel (or point) loss is averaged per mask, then summed over matched masks and
-divided by ``num_boxes`` (the fork averaged over one image axis only, facts §7.3, §12.7). Dice:
+divided by ``num_boxes`` (not over one image axis only). Dice:
 ``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)`` per mask, summed / ``num_boxes``. Box-only instances
 (``has_mask`` False in the target: no usable segmentation, :mod:`rfdetr.coco_masks`) stay matched,
 so no other query takes their place, but add no mask loss; the divisor stays ``num_boxes``.
@@ -33,36 +23,16 @@ so no other query takes their place, but add no mask loss; the divisor stays ``n
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from rfdetr.models.criterion import SetCriterion, matched_query_index
+from rfdetr.models.mask_geometry import sample_logits, valid_cells, valid_fractions
 from rfdetr.models.matcher import ImageMatch
 
 MASK_LOSS_KEYS = ("loss_mask", "loss_dice")
-# A valid extent within this many cells of an integer is that integer (float noise of h / H * Hm).
-_CELL_TOLERANCE = 1e-4
-
-
-class MaskPredictor(Protocol):
-    """What the loss and the post-processing need from a segmentation model (``DETRsegm``)."""
-
-    def predict_masks(self, mask_context: Any, batch_index: torch.Tensor,
-                      query_index: torch.Tensor) -> torch.Tensor:
-        """Mask logits ``[N, Hm, Wm]`` on the padded canvas for the pairs ``(batch_index, query_index)``."""
-        ...
-
-
-def mask_predictor(model: Any) -> MaskPredictor:
-    """``model`` itself, or the module inside a ``DistributedDataParallel`` / wrapper (``.module``)."""
-    if hasattr(model, "predict_masks"):
-        return model
-    inner = getattr(model, "module", None)
-    if inner is not None and hasattr(inner, "predict_masks"):
-        return inner
-    raise TypeError(f"{type(model).__name__} has no predict_masks (expected a DETRsegm)")
 
 
 def matches_with_masks(targets: Sequence[dict], indices: Sequence[ImageMatch]) -> list[ImageMatch]:
@@ -76,56 +46,6 @@ def matches_with_masks(targets: Sequence[dict], indices: Sequence[ImageMatch]) -
             queries, target_index = queries[keep.to(queries.device)], target_index[keep]
         kept.append((queries, target_index))
     return kept
-
-
-def valid_fractions(image_mask: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, 2]`` (height, width) fraction of the canvas that each image fills (top-left).
-
-    image_mask: ``[B, H, W]`` bool, True on padding (``MaskContext.image_mask``). Counting its valid
-    rows / columns is exact for a padded batch and within ``1 / H`` after the multi-scale batch
-    resize (nearest-resized mask). sizes: optional ``[B, 2]`` unpadded (h, w) of the images
-    (targets' ``size``); when ``size / max(size)`` (collate pads to the largest image) agrees with the
-    mask within that tolerance it is used instead, being exact after a resize too.
-    """
-    canvas = torch.tensor(image_mask.shape[-2:], dtype=torch.float32, device=image_mask.device)
-    valid = ~image_mask
-    counts = torch.stack([valid.any(2).sum(1), valid.any(1).sum(1)], dim=1).float()
-    from_mask = counts.clamp(min=1) / canvas
-    if sizes is None:
-        return from_mask
-    sizes = sizes.to(device=image_mask.device, dtype=torch.float32)
-    from_sizes = sizes / sizes.max(0).values
-    consistent = (from_sizes - from_mask).abs() <= 1 / canvas + 1e-6
-    return torch.where(consistent, from_sizes, from_mask)
-
-
-def valid_cells(fractions: torch.Tensor, grid_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(extent, count)``, both ``[..., 2]`` as (x, y): the valid region in cells (fractional) and the
-    number of cells that overlap it (``ceil``, at least 1)."""
-    height, width = grid_size
-    extent = fractions.flip(-1) * fractions.new_tensor([float(width), float(height)])
-    count = torch.ceil(extent - _CELL_TOLERANCE).clamp(min=1)
-    return extent, count
-
-
-def canvas_grid(points: torch.Tensor, fractions: torch.Tensor, grid_size: Sequence[int]) -> torch.Tensor:
-    """``grid_sample`` coordinates (``align_corners=False``) on the canvas grid of ``points``.
-
-    points: ``[N, P, 2]`` (x, y) in [0, 1] of each mask's image (its valid region); fractions:
-    ``[N, 2]`` (h, w) of that image (:func:`valid_fractions`). Cell-centre coordinates are clamped to
-    the cells overlapping the valid region, so sampling never reads the padding beyond them.
-    """
-    height, width = grid_size
-    extent, count = valid_cells(fractions, grid_size)
-    cell = points * extent[:, None] - 0.5
-    cell = torch.minimum(cell, (count - 1)[:, None]).clamp(min=0)
-    return (cell + 0.5) / points.new_tensor([float(width), float(height)]) * 2 - 1
-
-
-def sample_logits(logits: torch.Tensor, points: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples ``[N, P]`` of canvas logits ``[N, Hm, Wm]`` at ``points [N, P, 2]`` (:func:`canvas_grid`)."""
-    grid = canvas_grid(points, fractions, logits.shape[-2:]).to(logits.dtype)
-    return F.grid_sample(logits[:, None], grid[:, :, None], mode="bilinear", align_corners=False)[:, 0, :, 0]
 
 
 def sample_targets(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -198,14 +118,15 @@ def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class MaskLoss:
     """The SetCriterion term ``"masks"``: ``loss_mask`` and ``loss_dice`` of the matched queries.
 
-    model_for_masks: the ``DETRsegm`` being trained (or its DDP wrapper); held by reference, not as a
-    submodule, so the criterion's state dict stays empty. num_points: ``None`` compares whole masks
+    Masks come from the outputs' ``mask_context``, which carries the head of the model that ran
+    (``MaskContext.predict``): the loss holds no model, and the EMA copy's outputs are scored with
+    the EMA's head. num_points: ``None`` compares whole masks
     on the prediction grid, an int samples that many points per mask (module docstring). focal:
     sigmoid focal loss (``focal_alpha``, ``focal_gamma``) instead of BCE for ``loss_mask``. generator:
     the RNG of the point sampling (on the predictions' device), default the global one.
     """
 
-    def __init__(self, model_for_masks: Any, *, num_points: int | None = None, focal: bool = False,
+    def __init__(self, *, num_points: int | None = None, focal: bool = False,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75, generator: torch.Generator | None = None):
         if num_points is not None and num_points < 1:
@@ -213,7 +134,6 @@ class MaskLoss:
         if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
             raise ValueError("need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
                              f"{oversample_ratio} and {importance_sample_ratio}")
-        self.predictor = mask_predictor(model_for_masks)
         self.num_points = num_points
         self.focal = focal
         self.focal_alpha = focal_alpha
@@ -240,7 +160,7 @@ class MaskLoss:
         for position, target in enumerate(targets):
             if "masks" not in target:
                 raise KeyError(f"target {position} has no 'masks' (build the dataset with masks=True)")
-        logits = self.predictor.predict_masks(context, batch_index, query_index).float()
+        logits = context.predict(batch_index, query_index).float()
         sizes = torch.stack([t["size"] for t in targets]) if all("size" in t for t in targets) else None
         fractions = valid_fractions(context.image_mask, sizes)
         if self.num_points is None:
@@ -259,7 +179,7 @@ class MaskLoss:
     def _zero_losses(self, context: Any, device: torch.device) -> dict[str, torch.Tensor]:
         """Zero losses that still reach every mask-head parameter (DDP expects a gradient for each)."""
         first = torch.zeros(1, dtype=torch.long, device=device)
-        zero = self.predictor.predict_masks(context, first, first).float().sum() * 0.0
+        zero = context.predict(first, first).float().sum() * 0.0
         return {"loss_mask": zero, "loss_dice": zero.clone()}
 
     @staticmethod
@@ -291,11 +211,11 @@ class MaskLoss:
         return [predictions], [torch.cat(target_values)]
 
 
-def add_mask_losses(criterion: SetCriterion, model: Any, mask_loss_coef: float = 1.0, dice_loss_coef: float = 1.0,
-                    *, num_points: int | None = None, focal: bool = False, **options: Any) -> MaskLoss:
+def add_mask_losses(criterion: SetCriterion, mask_loss_coef: float, dice_loss_coef: float, *,
+                    num_points: int | None = None, focal: bool = False, **options: Any) -> MaskLoss:
     """Register the ``"masks"`` term on ``criterion`` with weights ``{"loss_mask": mask_loss_coef,
     "loss_dice": dice_loss_coef}`` (no suffixed copies: only the last layer has masks). ``options``
     go to :class:`MaskLoss`. Returns the term."""
-    term = MaskLoss(model, num_points=num_points, focal=focal, **options)
+    term = MaskLoss(num_points=num_points, focal=focal, **options)
     criterion.register_loss("masks", term, {"loss_mask": mask_loss_coef, "loss_dice": dice_loss_coef})
     return term

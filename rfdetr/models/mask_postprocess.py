@@ -4,7 +4,7 @@ Masks are predicted only for the detections that are kept (the top ``max_masks``
 default: all that COCO's ``maxDets`` evaluates), once per distinct (image, query) pair (a query
 may be detected under several classes). Each mask is read from the cells of the padded canvas that
 overlap its image, resized bilinearly (as logits) to the original size and thresholded; the
-mapping is the one the loss uses (:func:`rfdetr.models.mask_losses.canvas_grid`).
+mapping is the one the loss uses (:func:`rfdetr.models.mask_geometry.canvas_grid`).
 
 Memory: the result holds ``K x H x W`` bools per image, 100 masks of a 1080 x 1920 original are
 ~200 MB; the float logits are pasted ``chunk_size`` masks at a time (16 x 1080 x 1920 x 4 B =
@@ -14,13 +14,13 @@ streaming) can lower ``max_masks`` / set ``score_threshold`` or call :func:`past
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfdetr.models.mask_losses import canvas_grid, mask_predictor, valid_fractions
+from rfdetr.models.mask_geometry import canvas_grid, valid_fractions
 from rfdetr.models.postprocess import PostProcess
 
 
@@ -64,10 +64,9 @@ def paste_masks(logits: torch.Tensor, fraction: torch.Tensor, size: Sequence[int
 class PostProcessMasks(nn.Module):
     """:class:`PostProcess` results (first ``max_masks`` detections) with ``masks [K, H, W]`` bool added.
 
-    ``forward(outputs, target_sizes, model, class_rows=None, score_threshold=None)``: outputs of a
-    ``DETRsegm`` (with ``mask_context``), ``target_sizes [B, 2]`` original (height, width), ``model``
-    the module that produced the outputs (the EMA copy when evaluating it: its mask head must match
-    the context). Per image: ``scores``, ``labels``, ``boxes`` as PostProcess gives them, truncated to
+    ``forward(outputs, target_sizes, class_rows=None, score_threshold=None)``: outputs of a
+    ``DETRsegm`` (with ``mask_context``, which carries the head of the model that ran: the EMA copy's
+    own head when evaluating it), ``target_sizes [B, 2]`` original (height, width). Per image: ``scores``, ``labels``, ``boxes`` as PostProcess gives them, truncated to
     the top ``max_masks`` (``None``: all ``num_select``) and, with ``score_threshold``, to scores
     above it, so boxes and masks stay aligned; ``masks`` predicted for those only.
     """
@@ -84,8 +83,7 @@ class PostProcessMasks(nn.Module):
         self.boxes = PostProcess(num_select)
 
     @torch.no_grad()
-    def forward(self, outputs: dict, target_sizes: torch.Tensor, model: Any,
-                class_rows: Sequence[int] | None = None,
+    def forward(self, outputs: dict, target_sizes: torch.Tensor, class_rows: Sequence[int] | None = None,
                 score_threshold: float | None = None) -> list[dict[str, torch.Tensor]]:
         context = outputs["mask_context"]
         results = self.boxes(outputs, target_sizes, class_rows=None if class_rows is None else list(class_rows))
@@ -99,7 +97,7 @@ class PostProcessMasks(nn.Module):
             pairs.append(torch.unique(image_queries[:keep], return_inverse=True))
         batch_index = torch.cat([torch.full_like(unique, i) for i, (unique, _) in enumerate(pairs)])
         query_index = torch.cat([unique for unique, _ in pairs])
-        logits = mask_predictor(model).predict_masks(context, batch_index, query_index)
+        logits = context.predict(batch_index, query_index)
         fractions = valid_fractions(context.image_mask)
         start = 0
         for image, (result, (unique, inverse)) in enumerate(zip(kept, pairs)):

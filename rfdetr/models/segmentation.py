@@ -12,7 +12,7 @@ everything at once. State dict: the detector under ``detr.*`` plus ``bbox_attent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from rfdetr.config import ModelConfig
 from rfdetr.models.lwdetr import LWDETR, build_detector
 from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
-from rfdetr.models.mask_losses import valid_fractions
+from rfdetr.models.mask_geometry import valid_fractions
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
 # Mask logits are predicted on the stride-4 grid of the padded input (384 px -> 96 x 96).
@@ -37,7 +37,8 @@ class MaskContext:
     (True = padding); query_features ``[B, Q', C]``: last decoder layer states, in the order of
     ``pred_logits``; query_boxes ``[B, Q', 4]``: their ``pred_boxes`` (detached); fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
     (stride 8 also holds any finer projector level); image_size ``(H, W)`` of the padded batch;
-    image_mask ``[B, H, W]`` its padding.
+    image_mask ``[B, H, W]`` its padding; head: the ``DETRsegm`` that made the context, whose
+    mask head :meth:`predict` runs (an EMA copy's context runs the EMA's head).
     """
 
     memory: torch.Tensor
@@ -47,6 +48,11 @@ class MaskContext:
     fine_features: tuple[torch.Tensor, torch.Tensor]
     image_size: tuple[int, int]
     image_mask: torch.Tensor
+    head: "DETRsegm" = field(repr=False)
+
+    def predict(self, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``[N, H4, W4]`` for the pairs ``(batch_index, query_index)`` (:meth:`DETRsegm.predict_masks`)."""
+        return self.head.predict_masks(self, batch_index, query_index)
 
     @property
     def mask_size(self) -> tuple[int, int]:
@@ -58,7 +64,9 @@ class DETRsegm(nn.Module):
     """A detector plus a mask head. See :meth:`forward` and :meth:`predict_masks`."""
 
     def __init__(self, detr: LWDETR, *, freeze_detr: bool = True, mask_head: Literal["small", "nano"] = "small",
-                 mask_chunk: int = 32):
+                 mask_chunk: int = 32, image_stem: nn.Module | None = None):
+        """image_stem: the module that gives the stride-8 and stride-4 maps (``out_channels``),
+        default :class:`~rfdetr.models.mask_heads.ImageStem`."""
         super().__init__()
         if mask_head not in MASK_HEADS:
             raise ValueError(f"unknown mask_head {mask_head!r}; choose one of {', '.join(MASK_HEADS)}")
@@ -70,7 +78,7 @@ class DETRsegm(nn.Module):
         cross_attn = detr.transformer.decoder.layers[0].cross_attn
         hidden_dim, num_heads = detr.transformer.d_model, cross_attn.n_heads
         self.bbox_attention = MHAttentionMap(hidden_dim, hidden_dim, num_heads)
-        self.image_stem = ImageStem()
+        self.image_stem = image_stem if image_stem is not None else ImageStem()
         # Projector levels finer than the memory (large: P3) join the stem's stride-8 map.
         stride8_channels = self.image_stem.out_channels[1] + hidden_dim * (cross_attn.n_levels - 1)
         fine_channels = (stride8_channels, self.image_stem.out_channels[0])
@@ -144,6 +152,7 @@ class DETRsegm(nn.Module):
             fine_features=(stride8, stride4),
             image_size=tuple(samples.tensors.shape[-2:]),
             image_mask=samples.mask,
+            head=self,
         )
         return outputs
 

@@ -1,4 +1,4 @@
-"""Exponential moving average of the model weights (facts sheet section 7.6)."""
+"""Exponential moving average of the model weights."""
 
 from __future__ import annotations
 

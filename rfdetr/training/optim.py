@@ -1,6 +1,6 @@
 """AdamW parameter groups (layer-wise ViT decay, decoder decay) and the learning-rate schedule.
 
-Rules (facts sheet section 7.4), on parameter names relative to the detector:
+Rules, on parameter names relative to the detector:
 
 - ViT (``backbone.0.encoder``): ``lr_encoder * lr_vit_layer_decay ** (n + 1 - depth_id) *
   lr_component_decay ** 2`` with ``n = out_feature_indexes[-1] + 1``; ``depth_id`` is 0 for the

@@ -103,7 +103,7 @@ def build_trainer(run: RunConfig, model: nn.Module, classes: ClassTable) -> Trai
         aux_loss=config.aux_loss and not frozen, dec_layers=config.dec_layers, cls_loss_coef=train.cls_loss_coef,
         bbox_loss_coef=train.bbox_loss_coef, giou_loss_coef=train.giou_loss_coef, set_cost_class=train.set_cost_class,
         set_cost_bbox=train.set_cost_bbox, set_cost_giou=train.set_cost_giou, focal_alpha=train.focal_alpha)
-    add_mask_losses(criterion, model, run.mask.mask_loss_coef, run.mask.dice_loss_coef)
+    add_mask_losses(criterion, run.mask.mask_loss_coef, run.mask.dice_loss_coef)
     return Trainer(model, run, classes, criterion=criterion)
 
 

@@ -252,11 +252,10 @@ class Trainer:
         iou_types = ("bbox", "segm") if self.masks else ("bbox",)
         evaluator = CocoEvaluator(dataset.coco, self.classes, iou_types)
         postprocess = self.postprocess
-        if self.masks:  # masks are predicted by the evaluated model itself (regular or EMA)
+        if self.masks:  # the outputs carry the evaluated model's own mask head (regular or EMA)
             from rfdetr.models.mask_postprocess import PostProcessMasks
 
-            masks = PostProcessMasks(self.model_config.num_select)
-            postprocess = lambda outputs, sizes, class_rows: masks(outputs, sizes, model, class_rows)  # noqa: E731
+            postprocess = PostProcessMasks(self.model_config.num_select)
         return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=postprocess,
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
                         autocast=self.autocast, progress_bar=self.config.progress_bar, desc=desc or split)
