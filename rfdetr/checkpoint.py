@@ -10,6 +10,7 @@ interrupted save never leaves a broken checkpoint behind.
 from __future__ import annotations
 
 import argparse
+import errno
 import fnmatch
 import logging
 import os
@@ -313,15 +314,51 @@ def make_checkpoint(model: nn.Module, config: ModelConfig, classes: ClassTable, 
 
 
 def save_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> Path:
-    """Write atomically: a temporary file in the same folder, then rename over ``path``."""
+    """Write atomically and durably: a temporary file in the same folder, flushed and fsynced, renamed
+    over ``path``, then the folder fsynced. An interruption or a full disk leaves the previous file
+    intact and no temporary behind; a full disk is an ``OSError`` that says how much space was needed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(handle)
     try:
-        torch.save(dict(checkpoint), temporary)
+        with os.fdopen(handle, "wb") as sink:
+            torch.save(dict(checkpoint), sink)
+            sink.flush()
+            os.fsync(sink.fileno())
         os.replace(temporary, path)
+        _fsync_folder(path.parent)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            needed = _tensor_bytes(checkpoint) / 2**20
+            raise OSError(errno.ENOSPC, f"no space left on the device to write {path}: it needs about "
+                                        f"{needed:.0f} MB; free space there (the previous {path.name} is intact)"
+                          ) from error
+        raise
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable (where the OS allows opening a folder)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0

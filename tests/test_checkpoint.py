@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 import torch
 
@@ -95,6 +97,22 @@ def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
+
+
+def test_a_full_disk_keeps_the_previous_file_and_says_what_was_needed(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"model": {"w": torch.ones(1)}}, path)
+
+    def full_disk(obj, target):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"needs about 4 MB.*previous checkpoint.pth is intact") as caught:
+        save_checkpoint({"model": {"w": torch.zeros(1 << 20)}}, path)
+    assert caught.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert torch.equal(read_checkpoint(path)["model"]["w"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # no temporary left
 
 
 def test_unreadable_files_get_clear_errors(tmp_path):

@@ -80,7 +80,10 @@ def test_train(kind, kind_file, data, tmp_path, photo):
     else:
         detections = wrapper.predict(photo, threshold=0.0)
         assert top_class(detections) == WITH_DATASET
-        assert (detections.mask is not None) == (kind == "stage2")  # a mask model trains its mask head
+        assert (detections.mask is not None) == (kind == "stage2")
+    # A mask model trains its mask head on its frozen detector (stage 2), a detector trains as stage 1.
+    run = read_checkpoint(tmp_path / "run" / "checkpoint.pth")["run"]
+    assert run["stage"] == ("masks" if kind == "stage2" else "detector")
 
 
 @pytest.mark.parametrize("kind", WORKING)

@@ -179,6 +179,17 @@ def test_nan_loss_stops_before_the_step_and_names_it(tiny_dataset, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_non_finite_predictions_stop_with_the_documented_error(tiny_dataset, tmp_path):
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=2)
+    trainer.fit()  # one good run: its checkpoint is the one to name
+    trainer = _trainer(tiny_dataset, tmp_path, epochs=3, resume=str(tmp_path / "checkpoint.pth"))
+    with torch.no_grad():
+        trainer.model.bbox_embed.layers[-1].bias.fill_(float("nan"))  # boxes the matcher cannot match
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, step 0: the model's pred_boxes are "
+                                                 r"not finite.*last good checkpoint is .*checkpoint.pth"):
+        trainer.fit()
+
+
 def test_dataset_with_other_classes_is_refused(tiny_dataset, tmp_path):
     config = model_config("nano", **TINY_MODEL)
     from rfdetr.classes import ClassTable

@@ -152,9 +152,16 @@ def banner(title: str, rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C (SIGINT) during a run; the message is the command that continues it."""
+
+
 def run_training(train: Callable[[], Any], metric: str) -> int:
     """A script's exit code for ``train()`` (which returns a ``TrainResult``): 0 when it finished,
-    2 for bad input (the message says what to fix), 1 when the loss stopped being finite."""
+    2 for bad input (the message says what to fix), 1 when the loss stopped being finite or the
+    disk is full, 130 when interrupted (one line says how to resume; the last checkpoint is intact)."""
+    import errno
+
     from rfdetr.checkpoint import CheckpointError
     from rfdetr.training.distributed import is_main_process
     from rfdetr.training.engine import NonFiniteLossError
@@ -168,6 +175,14 @@ def run_training(train: Callable[[], Any], metric: str) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RunInterrupted as interrupted:
+        print(f"interrupted: the last checkpoint is intact; continue with: {interrupted}", file=sys.stderr)
+        return 130
     if is_main_process():
         print(f"done: best {metric} AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
               f"weights in {result.output_dir}/checkpoint_best_total.pth")

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfdetr.cli.common import (MODEL_FLAGS, add_training_flags, banner, described, model_overrides,
+from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, add_training_flags, banner, described, model_overrides,
                                overrides_lines, refuse_on_resume, resume_checkpoint, run_training, split_patterns,
                                train_overrides)
 
@@ -106,7 +106,7 @@ def stage1_main(argv: list[str] | None = None) -> int:
                       model_overrides=model_overrides(args)), {"pretrained": weights or "none (random)"}
 
     return _train(args, new_run, ("size", "pretrain_weights", "pretrain_exclude_keys", *MODEL_FLAGS),
-                  "RT-DETR-Seg stage 1: detector fine-tuning", "bbox")
+                  "RT-DETR-Seg stage 1: detector fine-tuning", "bbox", "train_detector_stage1.py")
 
 
 def stage2_main(argv: list[str] | None = None) -> int:
@@ -129,7 +129,7 @@ def stage2_main(argv: list[str] | None = None) -> int:
 
     return _train(args, new_run, ("size", "stage1_run", "checkpoint", *MASK_FLAGS, *MODEL_FLAGS,
                                   "pretrain_exclude_keys"), "RT-DETR-Seg stage 2: mask head on the frozen detector",
-                  "segm")
+                  "segm", "train_seg_stage2.py")
 
 
 def single_stage_main(argv: list[str] | None = None) -> int:
@@ -145,7 +145,8 @@ def single_stage_main(argv: list[str] | None = None) -> int:
         return trainer, {"pretrained": weights or "none (random)"}
 
     return _train(args, new_run, ("size", "pretrain_weights", "init_ckpt", "pretrain_exclude_keys", *MASK_FLAGS,
-                                  *MODEL_FLAGS), "RT-DETR-Seg single stage: detector + mask head", "segm")
+                                  *MODEL_FLAGS), "RT-DETR-Seg single stage: detector + mask head", "segm",
+                  "train_seg_single_stage.py")
 
 
 # ---- shared ---------------------------------------------------------------------------------------
@@ -188,7 +189,8 @@ def _start(stage: str, size: str, args: argparse.Namespace, **options: Any):
     return start_run(stage, size, TrainConfig(**overrides), name_run_dir=name_run, **options)
 
 
-def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], title: str, metric: str) -> int:
+def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], title: str, metric: str,
+           script: str) -> int:
     """Run ``new_run()`` (-> trainer, what it started from) or resume; ``fixed_on_resume``: flags refused then."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -214,7 +216,10 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
             if path is not None and not path.is_file():  # the record of how the run started
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(summary, indent=2))
-        return trainer.fit()
+        try:
+            return trainer.fit()
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"python {script} --resume {trainer.output_dir}") from None
 
     return run_training(train, metric)
 

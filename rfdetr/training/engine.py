@@ -96,6 +96,7 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
         with sync:
             with settings.autocast():
                 outputs = model(samples)
+                _check_finite_predictions(outputs, epoch, step)
                 losses = settings.criterion(outputs, targets)
                 loss = settings.criterion.weighted_loss(losses)
             if not torch.isfinite(loss):
@@ -125,6 +126,16 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
         raise ValueError(f"epoch {epoch} had no complete optimizer step: the training split has {len(loader)} "
                          f"batches but one step needs {accum}; lower --accum or --batch")
     return all_reduce_mean(meters.means())
+
+
+def _check_finite_predictions(outputs: dict, epoch: int, step: int) -> None:
+    """Non-finite predictions stop the run as a non-finite loss would (the matcher could not even match them)."""
+    bad = [key for key in ("pred_logits", "pred_boxes") if not torch.isfinite(outputs[key]).all()]
+    if bad:
+        raise NonFiniteLossError(
+            f"loss is nan at epoch {epoch}, step {step}: the model's {' and '.join(bad)} are not finite; stopped "
+            "before the optimizer step, so the weights and checkpoints are untouched. Lower --lr, check the data "
+            "with validate_setup.py, or train without AMP (--no_amp).")
 
 
 def _optimizer_step(parameters: list[torch.Tensor], settings: StepSettings) -> float:

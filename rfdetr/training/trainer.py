@@ -42,7 +42,7 @@ from rfdetr.models import PostProcess, build_criterion
 from rfdetr.training import distributed as dist
 from rfdetr.training.early_stopping import EarlyStopping
 from rfdetr.training.ema import ModelEMA
-from rfdetr.training.engine import StepSettings, evaluate, train_one_epoch, unwrap
+from rfdetr.training.engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch, unwrap
 from rfdetr.training.optim import build_optimizer, build_scheduler
 from rfdetr.training.reporting import RunReporter, metric_scalars
 from rfdetr.util.device import resolve_device
@@ -193,7 +193,7 @@ class Trainer:
             reporter.restart_log(self.history)
         try:
             for epoch in range(self.start_epoch, config.epochs):
-                record, scalars = self._run_epoch(epoch)
+                record, scalars = self._run_epoch_naming_the_last_checkpoint(epoch)
                 reporter.log_epoch(record, scalars, epoch)
                 stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
                 if stop:
@@ -206,6 +206,14 @@ class Trainer:
             reporter.close()
         kind = max(self.best, key=self.best.get)
         return TrainResult(self.output_dir, self.best_epoch[kind], self.best[kind], self.history, stopped_early)
+
+    def _run_epoch_naming_the_last_checkpoint(self, epoch: int) -> tuple[dict, dict]:
+        try:
+            return self._run_epoch(epoch)
+        except NonFiniteLossError as error:
+            last = self.output_dir / "checkpoint.pth"
+            where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"{error} ({where})") from None
 
     def _run_epoch(self, epoch: int) -> tuple[dict, dict]:
         config = self.config
