@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,11 +10,9 @@ import torch
 
 from conftest import golden
 from rfdetr.config import model_config
-from rfdetr.models import build_detector
 from rfdetr.models.criterion import build_criterion, loss_weights, normalising_num_boxes
 from rfdetr.models.matcher import HungarianMatcher
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, paired_generalized_box_iou
-from rfdetr.util.weight_fill import fill_model_
 
 LOSS_RTOL = 1e-4
 
@@ -30,14 +29,14 @@ def _golden_criterion(settings: dict, dec_layers: int):
 
 
 @pytest.fixture(scope="module")
-def train_step() -> dict:
+def train_step(filled_detectors) -> dict:
     """Upstream's training step on nano: train-mode forward of ``input_b``, losses, backward, grad norm."""
     g = golden("nano")["train_step"]
     settings = g["criterion_settings"]
     assert settings["ia_bce_loss"] and not settings["use_varifocal_loss"]
     assert not settings["use_position_supervised_loss"]
     config = model_config("nano")
-    model = fill_model_(build_detector(config), seed=0).train()
+    model = copy.deepcopy(filled_detectors["nano"]).train()  # its own copy: the backward writes gradients
     dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert all(p == 0 for p in dropouts)  # the training forward is deterministic
     criterion = _golden_criterion(settings, config.dec_layers)
