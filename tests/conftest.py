@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -61,18 +62,65 @@ def reference_fill_module():
     return module
 
 
-@functools.lru_cache(maxsize=2)
-def _filled_detector(size: str):
-    model = build_detector(model_config(size))
-    return fill_model_(model, seed=0).eval()
+class FilledDetectors(dict):
+    """size -> that size's detector with seed-0 filled weights, in eval mode; each size built on first use."""
+
+    def __missing__(self, size: str):
+        model = fill_model_(build_detector(model_config(size)), seed=0).eval()
+        self[size] = model
+        return model
+
+
+@pytest.fixture(scope="session")
+def filled_detectors() -> FilledDetectors:
+    """The session's filled detectors, one per size, shared by every test.
+
+    Tests read them through ``filled_detector`` and take private copies through ``filled_detector_copy``;
+    a fixture of wider scope that needs a copy deep-copies one itself.
+    """
+    return FilledDetectors()
+
+
+def _state_versions(model: torch.nn.Module) -> dict[str, int]:
+    """Each state-dict tensor's version counter: every in-place change (copy_, +=, optimizer step) raises it."""
+    return {key: value._version for key, value in model.state_dict(keep_vars=True).items()}
 
 
 @pytest.fixture
-def filled_detector():
-    """``filled_detector(size)``: the size's detector with seed-0 filled weights, in eval mode (cached)."""
+def filled_detector(filled_detectors):
+    """``filled_detector(size)``: the shared filled detector of that size, in eval mode, for reading only.
+
+    After the test, each model handed out must still be in eval mode with no gradients and no state
+    tensor changed in place, or the test fails and the model is dropped (the next test gets a fresh
+    one). A test that trains or edits a model takes ``filled_detector_copy``.
+    """
+    handed_out: dict[str, dict[str, int]] = {}
+
+    def get(size: str):
+        model = filled_detectors[size]
+        handed_out.setdefault(size, _state_versions(model))
+        return model
+
+    yield get
+    damaged = []
+    for size, versions in handed_out.items():
+        model = filled_detectors[size]
+        changed = [key for key, version in _state_versions(model).items() if versions[key] != version]
+        with_grad = [name for name, p in model.named_parameters() if p.grad is not None]
+        if model.training or changed or with_grad:
+            del filled_detectors[size]  # the next test that asks gets a freshly built one
+            damaged.append(f"{size} (training mode: {model.training}, changed in place: {changed[:3]}, "
+                           f"gradients: {with_grad[:3]})")
+    if damaged:
+        pytest.fail(f"the test changed the shared detector: {'; '.join(damaged)}; use filled_detector_copy")
+
+
+@pytest.fixture
+def filled_detector_copy(filled_detectors):
+    """``filled_detector_copy(size)``: a private deep copy of the shared filled detector, in eval mode."""
 
     def make(size: str):
-        return _filled_detector(size).eval()
+        return copy.deepcopy(filled_detectors[size])
 
     return make
 

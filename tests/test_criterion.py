@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,11 +10,9 @@ import torch
 
 from conftest import golden
 from rfdetr.config import model_config
-from rfdetr.models import build_detector
 from rfdetr.models.criterion import build_criterion, loss_weights, normalising_num_boxes
 from rfdetr.models.matcher import HungarianMatcher
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, paired_generalized_box_iou
-from rfdetr.util.weight_fill import fill_model_
 
 LOSS_RTOL = 1e-4
 
@@ -30,14 +29,14 @@ def _golden_criterion(settings: dict, dec_layers: int):
 
 
 @pytest.fixture(scope="module")
-def train_step() -> dict:
+def train_step(filled_detectors) -> dict:
     """Upstream's training step on nano: train-mode forward of ``input_b``, losses, backward, grad norm."""
     g = golden("nano")["train_step"]
     settings = g["criterion_settings"]
     assert settings["ia_bce_loss"] and not settings["use_varifocal_loss"]
     assert not settings["use_position_supervised_loss"]
     config = model_config("nano")
-    model = fill_model_(build_detector(config), seed=0).train()
+    model = copy.deepcopy(filled_detectors["nano"]).train()  # its own copy: the backward writes gradients
     dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert all(p == 0 for p in dropouts)  # the training forward is deterministic
     criterion = _golden_criterion(settings, config.dec_layers)
@@ -215,15 +214,30 @@ def test_suffixes_weights_and_registered_terms():
     assert "class_error" in losses and "class_error_0" not in losses and "cardinality_error_enc" in losses
     for suffix in ("", "_0", "_1", "_enc"):
         assert {"loss_ce" + suffix, "loss_bbox" + suffix, "loss_giou" + suffix} <= set(losses)
-    expected_total = sum(losses[k] * criterion.weight_dict[k] for k in losses if k in criterion.weight_dict)
-    assert criterion.weighted_loss(losses).item() == expected_total.item()
-    assert losses["loss_matches"].item() * 0.5 == pytest.approx(3.0)
+    # Exact predictions: no box loss in any of the four sets, which all see the same outputs; the registered
+    # term (6 matches, weight 0.5) adds 3. Logging metrics (class_error, cardinality_error) carry no weight.
+    assert all(losses[f"loss_{n}{s}"].item() == 0 for n in ("bbox", "giou") for s in ("", "_0", "_1", "_enc"))
+    assert losses["loss_matches"].item() == 6
+    assert criterion.weighted_loss(losses).item() == pytest.approx(4 * losses["loss_ce"].item() + 3.0, rel=1e-6)
 
     weights = loss_weights(1.0, 5.0, 2.0, aux_loss=True, dec_layers=3)
     assert weights == {f"loss_{n}{s}": w for s in ("", "_0", "_1", "_enc")
                        for n, w in (("ce", 1.0), ("bbox", 5.0), ("giou", 2.0))}
     assert loss_weights(1.0, 5.0, 2.0, aux_loss=False, dec_layers=3) == {"loss_ce": 1.0, "loss_bbox": 5.0,
                                                                          "loss_giou": 2.0}
+
+
+def test_weighted_loss_sums_weighted_terms_and_skips_unweighted_ones():
+    criterion = _criterion()  # weights 1 / 5 / 2 for ce / bbox / giou, no suffixed copies (no aux loss)
+    losses = {"loss_ce": torch.tensor(0.5), "loss_bbox": torch.tensor(0.25), "loss_giou": torch.tensor(0.125),
+              "class_error": torch.tensor(50.0), "cardinality_error": torch.tensor(3.0),
+              "loss_ce_0": torch.tensor(7.0)}
+    assert criterion.weighted_loss(losses).item() == 0.5 + 5 * 0.25 + 2 * 0.125  # 2.0
+    weighted = build_criterion(num_classes=ROWS - 1, group_detr=GROUPS, aux_loss=True, dec_layers=2,
+                               cls_loss_coef=3.0, bbox_loss_coef=1.0, giou_loss_coef=0.5)
+    assert weighted.weighted_loss(losses).item() == 3 * 0.5 + 0.25 + 0.5 * 0.125 + 3 * 7.0  # 22.8125
+    assert loss_weights(1.0, 5.0, 2.0, aux_loss=True, dec_layers=2, two_stage=False) == {
+        "loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_ce_0": 1.0, "loss_bbox_0": 5.0, "loss_giou_0": 2.0}
 
 
 def test_eval_mode_matches_one_group():

@@ -22,6 +22,7 @@ def dataset(tmp_path_factory):
                                image_size=(96, 96))
 
 
+@pytest.mark.slow  # two training processes started by torchrun
 def test_torchrun_two_processes_train_in_sync(dataset, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",

@@ -21,6 +21,8 @@ from rfdetr.models import build_detector
 from rfdetr.training.stages import start_run
 from rfdetr.training.trainer import Trainer
 
+pytestmark = pytest.mark.slow  # trains stage 1 for EPOCHS epochs, then stage 2
+
 EPOCHS = 40
 QUICK = dict(batch_size=4, grad_accum_steps=1, resolution=128, multi_scale=False, num_workers=0, use_ema=False,
              run_test=False, tensorboard=False, progress_bar=False, device="cpu", early_stopping=False)

@@ -1,4 +1,8 @@
-"""The oneDNN inference path of rfdetr.models.linear.Linear: same results, used only where it may be."""
+"""rfdetr.models.linear.Linear: which inputs take the oneDNN path, and that both paths give F.linear's result.
+
+The routing tests put a recording stand-in where the oneDNN op would be, so they read the same on
+a torch build with or without oneDNN.
+"""
 
 from __future__ import annotations
 
@@ -9,43 +13,85 @@ from rfdetr.models import linear
 from rfdetr.models.linear import Linear, onednn_linear
 
 
-
-def _calls(monkeypatch) -> list:
+def _recording_kernel(monkeypatch) -> list:
+    """Install a stand-in for the oneDNN op (it computes F.linear) and return the list of its calls."""
     calls = []
-    kernel = linear._KERNEL
 
-    def counting(*args):
-        calls.append(args[0].shape)
-        return kernel(*args)
+    def kernel(x, weight, bias, attr, scalars, algorithm):
+        calls.append({"shape": tuple(x.shape), "contiguous": x.is_contiguous(), "weight": weight, "bias": bias,
+                      "post_op": (attr, scalars, algorithm)})
+        return F.linear(x, weight, bias)
 
-    monkeypatch.setattr(linear, "_KERNEL", counting)
+    monkeypatch.setattr(linear, "_KERNEL", kernel)
+    monkeypatch.setattr(linear, "_enabled", True)
     return calls
 
 
-def test_inference_uses_onednn_and_matches_f_linear(monkeypatch):
-    assert linear._KERNEL is not None  # this project's torch builds have oneDNN
-    calls = _calls(monkeypatch)
+def test_cpu_float32_inference_goes_to_the_kernel_with_contiguous_input(monkeypatch):
+    calls = _recording_kernel(monkeypatch)
     layer = Linear(16, 8)
     x = torch.randn(2, 5, 16)
     with torch.inference_mode():
-        fast = layer(x)
-        fast_t = layer(x.transpose(0, 1))  # non-contiguous input
-    assert len(calls) == 2
-    torch.testing.assert_close(fast, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fast_t, F.linear(x.transpose(0, 1), layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        out = layer(x)
+        out_t = layer(x.transpose(0, 1))  # non-contiguous input
+        layer(x[0])  # 2-D input
+    assert [c["shape"] for c in calls] == [(2, 5, 16), (5, 2, 16), (5, 16)]
+    assert all(c["contiguous"] for c in calls)  # the op needs contiguous memory: Linear copies first
+    assert all(c["weight"] is layer.weight and c["bias"] is layer.bias for c in calls)
+    assert all(c["post_op"] == ("none", [], "") for c in calls)  # no fused activation
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias), atol=0, rtol=0)
+    torch.testing.assert_close(out_t, F.linear(x.transpose(0, 1), layer.weight, layer.bias), atol=0, rtol=0)
 
 
-def test_training_export_and_switch_use_f_linear(monkeypatch):
-    calls = _calls(monkeypatch)
+def test_training_tracing_other_dtypes_and_shapes_use_f_linear(monkeypatch):
+    calls = _recording_kernel(monkeypatch)
     layer = Linear(16, 8)
     x = torch.randn(3, 16)
-    layer(x).sum().backward()  # autograd needs F.linear
+    layer(x).sum().backward()  # autograd needs F.linear (the op has no backward)
     assert layer.weight.grad is not None
     with torch.no_grad(), onednn_linear(False):
         layer(x)
     with torch.no_grad():
-        layer(x)  # the fast path
+        layer(x[None, None])  # 4-D input
+        layer.double()(x.double())  # float64
+        layer.float()
         traced = torch.jit.trace(layer, x, check_trace=False)  # tracing (ONNX export) must record aten::linear
     assert "linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+    assert calls == []
+    with torch.no_grad():
+        layer(x)  # and the fast path is still on afterwards
     assert len(calls) == 1
     assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+
+
+def test_without_the_kernel_every_call_uses_f_linear(monkeypatch):
+    # A torch build without oneDNN: the module state is what import leaves then.
+    monkeypatch.setattr(linear, "_KERNEL", None)
+    monkeypatch.setattr(linear, "_enabled", False)
+    layer = Linear(16, 8)
+    x = torch.randn(2, 5, 16)
+    expected = F.linear(x, layer.weight, layer.bias)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+        with onednn_linear(True):  # asking for the fast path cannot switch on a kernel that is not there
+            assert not linear._enabled
+            torch.testing.assert_close(layer(x), expected, atol=0, rtol=0)
+
+
+def test_kernel_lookup_honours_the_switch_and_the_build(monkeypatch):
+    monkeypatch.setenv("RFDETR_ONEDNN_LINEAR", "0")
+    assert linear._onednn_kernel() is None
+    monkeypatch.setenv("RFDETR_ONEDNN_LINEAR", "1")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert linear._onednn_kernel() is None
+
+
+def test_this_builds_inference_path_matches_f_linear():
+    # Whatever path this torch build takes (oneDNN where present), results differ from F.linear only in
+    # float summation order.
+    layer = Linear(64, 32)
+    x = torch.randn(4, 7, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(layer(x.transpose(0, 1)), F.linear(x.transpose(0, 1), layer.weight, layer.bias),
+                                   atol=1e-5, rtol=1e-5)

@@ -11,8 +11,7 @@ import torch
 
 from conftest import golden, reference_configs, reference_keys
 from rfdetr.config import SIZES, model_config
-from rfdetr.models import build_detector
-from rfdetr.util.weight_fill import fill_model_, state_dict_digest
+from rfdetr.util.weight_fill import state_dict_digest
 
 LOGITS_ATOL = 1e-4
 BOXES_ATOL = 1e-5
@@ -25,8 +24,8 @@ def _dtype_name(tensor: torch.Tensor) -> str:
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_state_dict_matches_published_checkpoint_layout(size):
-    model = build_detector(model_config(size))
+def test_state_dict_matches_published_checkpoint_layout(size, filled_detector):
+    model = filled_detector(size)  # filling keeps every key, shape and dtype that build_detector made
     ours = {key: (list(value.shape), _dtype_name(value)) for key, value in model.state_dict().items()}
     expected = reference_keys(size)
     assert sorted(set(expected) - set(ours)) == []
@@ -165,9 +164,8 @@ def _training_resolution(size: str) -> int:
     return side
 
 
-def test_training_mode_uses_all_groups_and_isolates_them():
-    config = model_config("nano")
-    model = fill_model_(build_detector(config), seed=0).train()
+def test_training_mode_uses_all_groups_and_isolates_them(filled_detector_copy):
+    model = filled_detector_copy("nano").train()
     side = _training_resolution("nano")
     images = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -186,9 +184,8 @@ def test_training_mode_uses_all_groups_and_isolates_them():
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_training_forward_backward_reaches_every_parameter(size):
-    config = model_config(size)
-    model = fill_model_(build_detector(config), seed=0).train()
+def test_training_forward_backward_reaches_every_parameter(size, filled_detector_copy):
+    model = filled_detector_copy(size).train()
     side = _training_resolution(size)
     images = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(0))
     out = model(images)

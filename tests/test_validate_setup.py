@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import validate_setup
@@ -341,13 +343,62 @@ def test_stage2_warns_about_missing_masks_and_fails_without_any(capsys, dataset)
 
 
 # ---- environment and the script itself --------------------------------------------------------------
-def test_environment_checks_pass_here():
+def _accelerators(monkeypatch, cuda_gpus: int, mps: bool) -> None:
+    """Make torch report ``cuda_gpus`` CUDA devices (named "Fake GPU <i>", 8 GiB) and MPS or not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_gpus)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: SimpleNamespace(name=f"Fake GPU {index}", total_memory=8 * 2**30))
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def _accelerator_lines() -> list[tuple[Level, str]]:
+    """The environment results after the Python and module lines: torch version and accelerators."""
+    first = 1 + len(validation.REQUIRED_MODULES + validation.OPTIONAL_MODULES)
+    return [(r.level, r.message) for r in check_environment()[first:]]
+
+
+def test_environment_lists_python_and_every_module_once():
     results = check_environment()
-    assert not [r for r in results if r.level is Level.FAIL], results
+    assert not [r for r in results if r.level is Level.FAIL], results  # this project's venv has every dependency
     messages = [r.message for r in results]
-    assert messages[0].startswith("Python 3.")
-    assert any(m.startswith("torch ") for m in messages) and any(m.startswith("pycocotools 2.") for m in messages)
-    assert any("CUDA" in m or "MPS" in m for m in messages)
+    assert messages[0].startswith(f"Python {sys.version_info.major}.{sys.version_info.minor}.")
+    modules = validation.REQUIRED_MODULES + validation.OPTIONAL_MODULES
+    # One line per module, in order: "<import name> <version>" or "cannot import <import name> (...)".
+    named = [m.removeprefix("cannot import ").split()[0] for m in messages[1:1 + len(modules)]]
+    assert named == list(modules)
+    assert f"numpy {np.__version__}" in messages
+
+
+@pytest.mark.parametrize("cuda_gpus, mps, expected", [
+    (2, False, [(Level.PASS, "CUDA 12.4 available, 2 GPU(s)"), (Level.PASS, "GPU 0: Fake GPU 0, 8.0 GiB"),
+                (Level.PASS, "GPU 1: Fake GPU 1, 8.0 GiB")]),
+    (1, True, [(Level.PASS, "CUDA 12.4 available, 1 GPU(s)"), (Level.PASS, "GPU 0: Fake GPU 0, 8.0 GiB")]),
+    (0, True, [(Level.PASS, "no CUDA; Apple MPS available")]),
+    (0, False, [(Level.WARN, "no CUDA GPU and no MPS: training would run on the CPU")]),
+])
+def test_accelerator_lines(monkeypatch, cuda_gpus, mps, expected):
+    _accelerators(monkeypatch, cuda_gpus, mps)
+    assert _accelerator_lines() == expected
+
+
+@pytest.mark.parametrize("version, warns", [("2.3.1+cpu", True), ("1.13.0", True), ("2.4.0", False),
+                                            ("2.10.0+cu128", False)])  # 2.10 is newer than 2.4, not older
+def test_old_torch_warns(monkeypatch, version, warns):
+    _accelerators(monkeypatch, 1, False)
+    monkeypatch.setattr(validation, "MIN_TORCH", (2, 4))
+    monkeypatch.setattr(torch, "__version__", version)
+    lines = _accelerator_lines()
+    old = (Level.WARN, f"torch {version} is older than the required (2, 4)")
+    assert lines[0] == old if warns else old not in lines
+    assert lines[-2:] == [(Level.PASS, "CUDA 12.4 available, 1 GPU(s)"), (Level.PASS, "GPU 0: Fake GPU 0, 8.0 GiB")]
+
+
+def test_old_python_fails(monkeypatch):
+    monkeypatch.setattr(validation, "MIN_PYTHON", (sys.version_info.major, sys.version_info.minor + 1))
+    first = check_environment()[0]
+    assert first.level is Level.FAIL and first.message.startswith("Python ")
 
 
 def test_missing_modules_fail_or_warn(monkeypatch):

@@ -8,6 +8,7 @@ import io
 import pathlib
 import socket
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from rfdetr.checkpoint import CheckpointError, read_checkpoint
-from rfdetr.weights import PRETRAINED_URLS, WeightsDownloadError, cache_dir, download_file, resolve_weights
+from rfdetr.config import SIZES, model_config
+from rfdetr.weights import WeightsDownloadError, cache_dir, download_file, is_pretrained_name, resolve_weights
 
 
 def _checkpoint_bytes() -> bytes:
@@ -83,9 +85,24 @@ def cache(tmp_path, monkeypatch):
     return folder
 
 
-def test_table_covers_every_size():
-    for size in ("nano", "small", "medium", "base", "large"):
-        assert PRETRAINED_URLS[f"rf-detr-{size}.pth"].startswith("https://storage.googleapis.com/rfdetr/")
+def test_every_size_default_weights_download_their_own_file(server, cache, monkeypatch):
+    # The table's https addresses are answered by the local server; the test records which were asked for.
+    fetched = []
+    real_urlopen = urllib.request.urlopen
+
+    def redirect(url, timeout):
+        fetched.append(url)
+        return real_urlopen(f"{server}/good.pth", timeout=timeout)
+
+    monkeypatch.setattr(urllib.request, "urlopen", redirect)
+    for size in SIZES:
+        name = model_config(size).pretrain_weights  # what a wrapper loads when given no weights
+        assert is_pretrained_name(name), name  # read as trusted
+        path = resolve_weights(name)
+        assert path == cache / name and path.read_bytes() == CHECKPOINT
+        # The published files carry their size in the address (nano_coco/..., rf-detr-large.pth).
+        assert fetched[-1].startswith("https://") and size in fetched[-1], (size, fetched[-1])
+    assert len(fetched) == len(set(fetched)) == len(SIZES)  # no two sizes share a file
 
 
 def test_download_then_reuse_cache(server, cache):
