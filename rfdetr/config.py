@@ -40,6 +40,10 @@ ENCODERS: dict[str, EncoderSpec] = {
     "dinov2_windowed_base": EncoderSpec(width=768, num_heads=12),
 }
 
+# Detections per image that COCO evaluation counts (maxDets 100): the masks kept per image in
+# evaluation and in ONNX export.
+COCO_MAX_DETECTIONS = 100
+
 # File names of the published COCO checkpoints (the URL table lives in rfdetr.weights).
 PRETRAINED_NAMES = {
     "nano": "rf-detr-nano.pth",

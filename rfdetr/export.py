@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from rfdetr.classes import ClassTable
-from rfdetr.config import ModelConfig
+from rfdetr.config import COCO_MAX_DETECTIONS, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.models import PostProcess
 
@@ -37,14 +37,13 @@ VERIFY_LOGITS_ATOL = 1e-4
 
 
 MASK_OUTPUT_NAMES = ["masks", "mask_queries"]
-MASK_QUERIES = 100  # what COCO evaluates (maxDets 100)
 
 
 class _ExportForward(nn.Module):
     """The detector as a plain tensor function: images -> (boxes, logits) of the last decoder layer,
     plus (masks, mask_queries) for a model with a mask head."""
 
-    def __init__(self, detector: nn.Module, class_rows: list[int], mask_queries: int = MASK_QUERIES):
+    def __init__(self, detector: nn.Module, class_rows: list[int], mask_queries: int = COCO_MAX_DETECTIONS):
         super().__init__()
         self.detector = detector
         self.register_buffer("class_rows", torch.tensor(class_rows, dtype=torch.long), persistent=False)

@@ -7,7 +7,7 @@ import errno
 import pytest
 import torch
 
-from conftest import golden, reference_path
+from conftest import golden
 from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
                                load_state_dict, make_checkpoint, read_checkpoint, save_checkpoint)
 from rfdetr.classes import ClassTable

@@ -134,4 +134,4 @@ def test_real_detrsegm_masks_for_the_top_detections_only():
 @pytest.mark.parametrize("max_masks", [-1])
 def test_invalid_max_masks(max_masks):
     with pytest.raises(ValueError):
-        PostProcessMasks(max_masks=max_masks)
+        PostProcessMasks(num_select=10, max_masks=max_masks)

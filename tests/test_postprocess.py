@@ -40,7 +40,7 @@ def test_postprocess_picks_best_query_class_pairs_in_pixels():
 def test_postprocess_rejects_mismatched_target_sizes():
     outputs = {"pred_logits": torch.zeros(2, 3, 4), "pred_boxes": torch.zeros(2, 3, 4)}
     with pytest.raises(ValueError, match="target sizes"):
-        PostProcess()(outputs, torch.tensor([[10, 10]]))
+        PostProcess(num_select=3)(outputs, torch.tensor([[10, 10]]))
 
 
 def test_box_conversions_round_trip_and_clamp_negative_sizes():

@@ -62,17 +62,22 @@ def assert_same_logs(resumed: list[dict], uninterrupted: list[dict]) -> None:
                 assert math.isclose(mine[key], theirs[key], rel_tol=1e-4, abs_tol=1e-6), (key, mine, theirs)
 
 
-def test_stage1_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, capsys):
-    common = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), *TINY, *TINY_MODEL]
+def whole_and_resumed(script, common: list[str], tmp_path: Path, monkeypatch, capsys) -> tuple[Path, Path, str]:
+    """(folder of the uninterrupted run, folder of the run stopped after epoch 0 and resumed, resume output)."""
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert train_detector_stage1.main([*common, "--output_dir", str(whole)]) == 0
+    assert script.main([*common, "--output_dir", str(whole)]) == 0
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
-        assert train_detector_stage1.main([*common, "--output_dir", str(stopped)]) == 130
-    assert f"train_detector_stage1.py --resume {stopped}" in capsys.readouterr().err
+        assert script.main([*common, "--output_dir", str(stopped)]) == 130
+    assert f"{script.__name__}.py --resume {stopped}" in capsys.readouterr().err
+    assert script.main(["--resume", str(stopped)]) == 0  # nothing but the run folder
+    return whole, stopped, capsys.readouterr().out
+
+
+def test_stage1_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, capsys):
+    common = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), *TINY, *TINY_MODEL]
+    whole, stopped, out = whole_and_resumed(train_detector_stage1, common, tmp_path, monkeypatch, capsys)
     # The default size is small: the run folder alone must bring back nano and every setting.
-    assert train_detector_stage1.main(["--resume", str(stopped)]) == 0
-    out = capsys.readouterr().out
     assert re.search(r"^size:\s+nano$", out, re.M) and re.search(r"^resolution:\s+64$", out, re.M)
     assert_same_logs(log(stopped), log(whole))
     assert len(log(whole)) < 4  # early stopping ended both runs at the same epoch, before --epochs
@@ -85,14 +90,8 @@ def test_stage2_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, c
     assert train_detector_stage1.main(["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data),
                                        "--output_dir", str(detector), *TINY, "--epochs", "1", *TINY_MODEL]) == 0
     common = ["--stage1_run", str(detector), "--dataset_dir", str(data), *TINY]
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert train_seg_stage2.main([*common, "--output_dir", str(whole)]) == 0
-    with monkeypatch.context() as patch:
-        interrupt_after(patch, 1)
-        assert train_seg_stage2.main([*common, "--output_dir", str(stopped)]) == 130
-    assert f"train_seg_stage2.py --resume {stopped}" in capsys.readouterr().err
-    assert train_seg_stage2.main(["--resume", str(stopped)]) == 0
-    assert re.search(r"^mask head:\s+nano$", capsys.readouterr().out, re.M)
+    whole, stopped, out = whole_and_resumed(train_seg_stage2, common, tmp_path, monkeypatch, capsys)
+    assert re.search(r"^mask head:\s+nano$", out, re.M)
     assert_same_logs(log(stopped), log(whole))
     assert read_checkpoint(stopped / "checkpoint_best_total.pth")["masks"]["mask_head"] == "nano"
 

@@ -1,7 +1,7 @@
 """Detections with masks: :class:`PostProcess` plus per-detection masks at the original image size.
 
-Masks are predicted only for the detections that are kept (the top ``max_masks`` by score, 100 by
-default: all that COCO's ``maxDets`` evaluates), once per distinct (image, query) pair (a query
+Masks are predicted only for the detections that are kept (the top ``max_masks`` by score: in
+evaluation :data:`rfdetr.config.COCO_MAX_DETECTIONS`, all that COCO's ``maxDets`` evaluates), once per distinct (image, query) pair (a query
 may be detected under several classes). Each mask is read from the cells of the padded canvas that
 overlap its image, resized bilinearly (as logits) to the original size and thresholded; the
 mapping is the one the loss uses (:func:`rfdetr.models.mask_geometry.canvas_grid`).
@@ -71,7 +71,7 @@ class PostProcessMasks(nn.Module):
     above it, so boxes and masks stay aligned; ``masks`` predicted for those only.
     """
 
-    def __init__(self, num_select: int = 300, max_masks: int | None = 100, mask_threshold: float = 0.0,
+    def __init__(self, num_select: int, max_masks: int | None, mask_threshold: float = 0.0,
                  chunk_size: int = 16):
         super().__init__()
         if max_masks is not None and max_masks < 0:

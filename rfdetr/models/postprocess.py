@@ -17,7 +17,7 @@ class PostProcess(nn.Module):
     rows compete (spare rows that were never trained are left out); labels stay head-row numbers.
     """
 
-    def __init__(self, num_select: int = 300):
+    def __init__(self, num_select: int):
         super().__init__()
         self.num_select = num_select
 

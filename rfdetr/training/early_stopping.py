@@ -6,7 +6,7 @@ from __future__ import annotations
 class EarlyStopping:
     """Stop after ``patience`` epochs in which the metric never beat the best by more than ``min_delta``."""
 
-    def __init__(self, patience: int = 10, min_delta: float = 0.001):
+    def __init__(self, patience: int, min_delta: float):
         self.patience = patience
         self.min_delta = min_delta
         self.best: float | None = None

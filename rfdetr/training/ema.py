@@ -17,7 +17,7 @@ class ModelEMA:
     frozen parameters and integer entries are copied.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.993, tau: float = 100.0):
+    def __init__(self, model: nn.Module, decay: float, tau: float):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         # Frozen parameters (a stage-2 detector) are copied, never averaged: rounding must not move them.
         self.frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}

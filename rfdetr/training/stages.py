@@ -27,9 +27,9 @@ from rfdetr.coco_masks import count_masks
 from rfdetr.config import MaskConfig, RunConfig, StageName, TrainConfig
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.loading import load_model
-from rfdetr.models import DETRsegm, build_criterion, build_detector
+from rfdetr.models import DETRsegm, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
-from rfdetr.training.trainer import Trainer, seed_everything
+from rfdetr.training.trainer import Trainer, detection_criterion, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,7 @@ def build_trainer(run: RunConfig, model: nn.Module, classes: ClassTable) -> Trai
     """The trainer of ``model`` (a detector, or a ``DETRsegm`` for mask stages) as ``run`` describes."""
     if run.mask is None:
         return Trainer(model, run, classes)
-    frozen, config, train = run.mask.frozen_detector, run.model, run.train
-    # A frozen detector runs in eval mode: one query group, and its aux/encoder outputs train nothing.
-    criterion = build_criterion(
-        num_classes=config.num_classes, group_detr=1 if frozen else config.group_detr,
-        aux_loss=config.aux_loss and not frozen, dec_layers=config.dec_layers, cls_loss_coef=train.cls_loss_coef,
-        bbox_loss_coef=train.bbox_loss_coef, giou_loss_coef=train.giou_loss_coef, set_cost_class=train.set_cost_class,
-        set_cost_bbox=train.set_cost_bbox, set_cost_giou=train.set_cost_giou, focal_alpha=train.focal_alpha)
+    criterion = detection_criterion(run.model, run.train, frozen_detector=run.mask.frozen_detector)
     add_mask_losses(criterion, run.mask.mask_loss_coef, run.mask.dice_loss_coef)
     return Trainer(model, run, classes, criterion=criterion)
 

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rfdetr.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
 from rfdetr.classes import ClassTable
-from rfdetr.config import RunConfig
+from rfdetr.config import COCO_MAX_DETECTIONS, ModelConfig, RunConfig, TrainConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.coco import resolve_split_dir
 from rfdetr.datasets.transforms import train_scales
@@ -60,6 +60,19 @@ class TrainResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+
+
+def detection_criterion(model_config: ModelConfig, train: TrainConfig, *, frozen_detector: bool = False):
+    """The detection criterion of a run, its weights and matcher costs from ``train``.
+
+    A frozen detector (stage 2) runs in eval mode: one query group, and its aux/encoder outputs train nothing.
+    """
+    return build_criterion(
+        num_classes=model_config.num_classes, group_detr=1 if frozen_detector else model_config.group_detr,
+        aux_loss=model_config.aux_loss and not frozen_detector, dec_layers=model_config.dec_layers,
+        cls_loss_coef=train.cls_loss_coef, bbox_loss_coef=train.bbox_loss_coef, giou_loss_coef=train.giou_loss_coef,
+        set_cost_class=train.set_cost_class, set_cost_bbox=train.set_cost_bbox, set_cost_giou=train.set_cost_giou,
+        focal_alpha=train.focal_alpha)
 
 
 def seed_everything(seed: int) -> None:
@@ -103,12 +116,7 @@ class Trainer:
         seed_everything(config.seed + dist.rank())
         self.datasets = self._build_datasets()
         self.model = model.to(self.device)
-        self.criterion = criterion or build_criterion(
-            num_classes=model_config.num_classes, group_detr=model_config.group_detr, aux_loss=model_config.aux_loss,
-            dec_layers=model_config.dec_layers, cls_loss_coef=config.cls_loss_coef,
-            bbox_loss_coef=config.bbox_loss_coef, giou_loss_coef=config.giou_loss_coef,
-            set_cost_class=config.set_cost_class, set_cost_bbox=config.set_cost_bbox,
-            set_cost_giou=config.set_cost_giou, focal_alpha=config.focal_alpha)
+        self.criterion = criterion or detection_criterion(model_config, config)
         self.criterion.to(self.device)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.use_ema else None
         if self.distributed:
@@ -263,7 +271,7 @@ class Trainer:
         if self.masks:  # the outputs carry the evaluated model's own mask head (regular or EMA)
             from rfdetr.models.mask_postprocess import PostProcessMasks
 
-            postprocess = PostProcessMasks(self.model_config.num_select)
+            postprocess = PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS)
         return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=postprocess,
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
                         autocast=self.autocast, progress_bar=self.config.progress_bar, desc=desc or split)
