@@ -328,18 +328,23 @@ def save_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> Path:
             os.fsync(sink.fileno())
         os.replace(temporary, path)
         _fsync_folder(path.parent)
-    except OSError as error:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.errno == errno.ENOSPC:
+        if _is_disk_full(error):  # torch's zip writer may report it as a RuntimeError caused by the OSError
             needed = _tensor_bytes(checkpoint) / 2**20
             raise OSError(errno.ENOSPC, f"no space left on the device to write {path}: it needs about "
                                         f"{needed:.0f} MB; free space there (the previous {path.name} is intact)"
                           ) from error
         raise
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _fsync_folder(folder: Path) -> None:
