@@ -103,10 +103,6 @@ class Trainer:
         self.select_on = "segm" if self.masks else "bbox"
         self.classes = classes
         self.device = resolve_device(config.device)
-        if self.device.type == "cpu":
-            # Adam's moments of weights with vanishing gradients decay into denormal floats, which x86
-            # CPUs process ~100x slower (a demo run fell from 0.5 s to 20 s per step); zero them instead.
-            torch.set_flush_denormal(True)
         self.distributed = dist.init_distributed(self.device)
         self.output_dir = Path(config.output_dir)
         self.resolution = config.resolution or run.model.resolution
