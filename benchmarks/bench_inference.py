@@ -151,7 +151,7 @@ def predict_worker(size: str, args: argparse.Namespace) -> dict:
 
     import numpy as np
 
-    from rfdetr.detr import RFDETR
+    from rfdetr.api import RFDETR
     from rfdetr.export import ONNXDetector
     from rfdetr.inference import to_detections
     from rfdetr.inputs import load_pixels

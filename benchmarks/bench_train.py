@@ -65,12 +65,11 @@ from torch import nn
 
 from rfdetr.config import ModelConfig, TrainConfig, mask_config, model_config
 from rfdetr.datasets import build_dataset, collate_fn, make_synthetic_coco
-from rfdetr.models import DETRsegm, SetCriterion, build_detector
+from rfdetr.models import DETRsegm, SetCriterion, build_criterion, build_detector
 from rfdetr.models.mask_geometry import valid_cells, valid_fractions
 from rfdetr.models.mask_losses import add_mask_losses, dense_pair, dice_per_mask, sigmoid_ce_per_mask
 from rfdetr.models.matcher import ImageMatch
 from rfdetr.training.optim import build_optimizer
-from rfdetr.training.trainer import detection_criterion
 from rfdetr.util.weight_fill import fill_model_
 
 # The worker prints its result on one line with this prefix, so stray prints from the model
@@ -94,7 +93,7 @@ REFERENCE_NOTE = ("upstream rfdetr 1.2.1, same machine class: 3.8-4.1 s/step, 3.
 def build_detection(config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Module, SetCriterion]:
     """The stage-1 detector and its criterion, as the trainer builds them."""
     model = fill_model_(build_detector(config), seed=0)
-    return model, detection_criterion(config, train_config)
+    return model, build_criterion(config, train_config)
 
 
 class AllQueryMaskLoss:
@@ -156,7 +155,7 @@ class Stage2Build:
 
     def __call__(self, config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Module, SetCriterion]:
         model = DETRsegm(fill_model_(build_detector(config), seed=0), freeze_detr=True, mask_head=self.mask_head)
-        criterion = detection_criterion(config, train_config, frozen_detector=True)
+        criterion = build_criterion(config, train_config, frozen_detector=True)
         mask = mask_config(config.size)  # the default loss weights
         add_mask_losses(criterion, mask.mask_loss_coef, mask.dice_loss_coef)
         if self.query_slots is not None:

@@ -12,7 +12,7 @@ __all__ = list(_WRAPPERS)
 
 def __getattr__(name: str):
     if name in _WRAPPERS:
-        from rfdetr import detr
+        from rfdetr import api
 
-        return getattr(detr, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'rfdetr' has no attribute {name!r}")

@@ -2,22 +2,20 @@
 
 Formats read: ours (``{"model", "config", "classes", ...}``), upstream RF-DETR / fork training
 files (``{"model", "args": Namespace or dict, ...}``) and bare state dicts. Loading is strict:
-every difference is either a declared head rebuild (another class count), an explicit
-``exclude`` pattern, or an error. Files are written atomically (temporary file + rename), so an
-interrupted save never leaves a broken checkpoint behind.
+every difference is an explicit ``exclude`` pattern or an error. Files are written by
+:func:`rfdetr.durable.save_checkpoint` (atomic and durable).
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
+import collections
 import fnmatch
 import logging
 import os
 import pathlib
 import pickle
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +104,7 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
             data = {"model": data}
         else:
             raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {sorted(data)[:10]})")
+    class_head_rows(detector_state(data["model"]), str(path))  # heads that disagree: refused here
     return data
 
 
@@ -137,6 +136,22 @@ def class_rows_of(state: Mapping[str, torch.Tensor]) -> int:
     return int(state["class_embed.bias"].shape[0])
 
 
+def class_head_rows(state: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> int | None:
+    """The row count every class-head tensor of a detector state shares (``None``: no class head).
+
+    Weights and biases of the final and the two-stage class heads that disagree are an error naming them.
+    """
+    rows = {key: int(value.shape[0]) for key, value in state.items() if is_class_head_key(key)}
+    if len(set(rows.values())) > 1:
+        counts = collections.Counter(rows.values())
+        common = counts.most_common(1)[0][0]
+        odd = ", ".join(f"{key} has {n}" for key, n in rows.items() if n != common)
+        raise CheckpointError(f"{source} is inconsistent: its class-head tensors disagree on the number of classes "
+                              f"({odd} rows, the others {common}): it is damaged or was edited by hand; use the "
+                              "file it was made from")
+    return next(iter(rows.values()), None)
+
+
 def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") -> ClassTable | None:
     """The class table stored in (or implied by) a checkpoint; ``None`` if it has no class head.
 
@@ -145,8 +160,7 @@ def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") 
     Roboflow project row). Without names the upstream convention is assumed and logged: a 91-row
     head is the COCO table, any other head has row r = category id r, row 0 unused.
     """
-    state = detector_state(checkpoint["model"])
-    rows = int(state["class_embed.bias"].shape[0]) if "class_embed.bias" in state else None
+    rows = class_head_rows(detector_state(checkpoint["model"]), source)
     if "classes" in checkpoint:
         table = ClassTable.from_dict(checkpoint["classes"])
         if rows is not None and rows != table.num_rows:
@@ -273,6 +287,10 @@ def _shape_mismatch(model: nn.Module, key: str, tensor: torch.Tensor, own: torch
                 f"{tensor.shape[0]} rows, the model's {own.shape[0]}; pass class_names=[...] to keep the rows of "
                 "those classes (or to rebuild the heads for new classes), or num_classes to match the file.")
     model_size = getattr(getattr(model, "config", None), "size", None)
+    if size is not None and size == model_size:
+        return (f"{source} does not fit this model: {shapes}. Both are {size}: the geometry the file stores (or "
+                "the overrides given) does not describe its tensors; a stored config that disagrees with the "
+                "tensors means the file was damaged or edited, use the file it was made from.")
     return (f"{source} does not fit this model: {shapes}. The file was made for {size or 'another geometry'}, "
             f"the model is {model_size or 'a different geometry'}; build the model of the checkpoint's size "
             "(e.g. RFDETRBase for rf-detr-base.pth).")
@@ -311,59 +329,3 @@ def make_checkpoint(model: nn.Module, config: ModelConfig, classes: ClassTable, 
 
     return {"model": model.state_dict(), "config": config.model_dump(), "classes": classes.to_dict(),
             "rfdetr_version": __version__, **extra}
-
-
-def save_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> Path:
-    """Write atomically and durably: a temporary file in the same folder, flushed and fsynced, renamed
-    over ``path``, then the folder fsynced. An interruption or a full disk leaves the previous file
-    intact and no temporary behind; a full disk is an ``OSError`` that says how much space was needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as sink:
-            torch.save(dict(checkpoint), sink)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if _is_disk_full(error):  # torch's zip writer may report it as a RuntimeError caused by the OSError
-            needed = _tensor_bytes(checkpoint) / 2**20
-            raise OSError(errno.ENOSPC, f"no space left on the device to write {path}: it needs about "
-                                        f"{needed:.0f} MB; free space there (the previous {path.name} is intact)"
-                          ) from error
-        raise
-    return path
-
-
-def _is_disk_full(error: BaseException | None) -> bool:
-    while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (where the OS allows opening a folder)."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _tensor_bytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, Mapping):
-        return sum(_tensor_bytes(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in value)
-    return 0

@@ -3,7 +3,7 @@
 :func:`load_model` reads pretrained weights (a table name, a file, or ``None`` for random
 weights), checks the size, decides the model's classes, fits the class heads to them, builds the
 detector with the stored geometry (explicit overrides win) and, for a mask checkpoint, wraps it
-with its mask head. The user wrappers (:mod:`rfdetr.detr`) and the run builder
+with its mask head. The user wrappers (:mod:`rfdetr.api`) and the run builder
 (:mod:`rfdetr.training.stages`) both call it.
 
 Which classes a model has:
@@ -66,21 +66,27 @@ def stored_mask_config(checkpoint: Mapping | None) -> MaskConfig | None:
     return MaskConfig(**{k: v for k, v in stored.items() if k in known})
 
 
-def load_model(size: str, pretrain_weights: str | os.PathLike | None, *, num_classes: int | None = None,
+def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, num_classes: int | None = None,
                class_names: Sequence[str] | ClassTable | None = None, exclude: Sequence[str] = (),
                masks: bool | None = None, mask_head: str | None = None, require_trained_heads: bool = False,
                config_overrides: Mapping[str, Any] | None = None) -> LoadedModel:
     """Build the model of ``size`` from ``pretrain_weights`` (see the module docstring for the classes).
 
+    size: ``None`` takes the size the checkpoint records (an error when it records none);
     exclude: fnmatch patterns of checkpoint keys not to load; masks: wrap the detector with a mask
     head (``None``: when the checkpoint has one); mask_head: its kind (default: the checkpoint's,
     else the size's); config_overrides: :class:`ModelConfig` fields that win over the stored ones.
     """
     origin = os.fspath(pretrain_weights) if pretrain_weights is not None else "no checkpoint"
+    if size is None and pretrain_weights is None:
+        raise ValueError("a model without a checkpoint needs a size")
     checkpoint = read_weights(pretrain_weights) if pretrain_weights is not None else None
     stored = None
     if checkpoint is not None:
         found = checkpoint_size(checkpoint)
+        if size is None and found is None:
+            raise CheckpointError(f"{origin} does not say which model size it is: pass --size")
+        size = size or found
         if found is not None and found != size:
             raise CheckpointError(f"{origin} is a {found} checkpoint but this is a {size} model; "
                                   f"use RFDETR{found.capitalize()} or --size {found} (or pass a {size} checkpoint)")

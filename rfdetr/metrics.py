@@ -70,7 +70,8 @@ def results_json(best_valid: Mapping[str, Any], best_test: Mapping[str, Any] | N
     """The ``results.json`` document from summaries of the chosen (best) epoch.
 
     ``best_valid``/``best_test`` map IoU type -> summary, as ``CocoEvaluator.summarize`` returns.
-    Top-level ``map`` (= AP50), ``precision`` and ``recall`` are the validation bbox numbers; with
+    Top-level ``ap`` (AP@[.5:.95]), ``ap50``, ``precision`` and ``recall`` are the validation bbox numbers
+    (``map`` repeats AP50 under the name upstream's results.json gives it); with
     ``segm`` summaries a ``masks`` block repeats the keys and adds ``map_test``, ``precision_test``
     and ``recall_test`` (``None`` without a test summary). ``class_map["test"]`` is ``[]`` then.
     """
@@ -94,6 +95,8 @@ def results_json(best_valid: Mapping[str, Any], best_test: Mapping[str, Any] | N
 def _block(valid: Mapping[str, Any], test: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "class_map": {"valid": _rows(valid["class_map"]), "test": _rows(test["class_map"]) if test else []},
+        "ap": float(valid["ap"]),
+        "ap50": float(valid["ap50"]),
         "map": float(valid["ap50"]),
         "precision": float(valid["precision"]),
         "recall": float(valid["recall"]),

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from rfdetr.checkpoint import is_class_head_key, read_checkpoint, save_checkpoint
+from rfdetr.checkpoint import is_class_head_key, read_checkpoint
+from rfdetr.durable import save_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.config import model_config
 from rfdetr.datasets import make_synthetic_coco

@@ -14,7 +14,8 @@ import strip_class_heads
 import train_seg_stage2
 from checkpoint_kinds import BOOST, DATASET_NAMES, KINDS, boost, dataset_table, make_dataset, top_class, write_kind
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import CheckpointError, is_class_head_key, read_checkpoint, save_checkpoint
+from rfdetr.checkpoint import CheckpointError, is_class_head_key, read_checkpoint
+from rfdetr.durable import save_checkpoint
 from rfdetr.inference import prepare_batch
 from rfdetr.models import PostProcess
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS

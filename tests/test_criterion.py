@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import golden
-from rfdetr.config import model_config
+from rfdetr.config import TrainConfig, model_config
 from rfdetr.models.criterion import build_criterion, loss_weights, normalising_num_boxes
 from rfdetr.models.matcher import HungarianMatcher
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, paired_generalized_box_iou
@@ -17,15 +17,13 @@ from rfdetr.util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, paired_
 LOSS_RTOL = 1e-4
 
 
-def _golden_criterion(settings: dict, dec_layers: int):
-    return build_criterion(
-        num_classes=settings["num_classes"], group_detr=settings["group_detr"], aux_loss=settings["aux_loss"],
-        dec_layers=dec_layers, two_stage=settings["two_stage"], cls_loss_coef=settings["cls_loss_coef"],
-        bbox_loss_coef=settings["bbox_loss_coef"], giou_loss_coef=settings["giou_loss_coef"],
-        set_cost_class=settings["set_cost_class"], set_cost_bbox=settings["set_cost_bbox"],
-        set_cost_giou=settings["set_cost_giou"], focal_alpha=settings["focal_alpha"],
-        sum_group_losses=settings["sum_group_losses"],
-    )
+def _golden_criterion(settings: dict, config):
+    assert settings["two_stage"] and not settings["sum_group_losses"]
+    model = config.model_copy(update={k: settings[k] for k in ("num_classes", "group_detr", "aux_loss")})
+    train = TrainConfig(**{k: settings[k] for k in ("cls_loss_coef", "bbox_loss_coef", "giou_loss_coef",
+                                                    "set_cost_class", "set_cost_bbox", "set_cost_giou",
+                                                    "focal_alpha")})
+    return build_criterion(model, train)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def train_step(filled_detectors) -> dict:
     model = copy.deepcopy(filled_detectors["nano"]).train()  # its own copy: the backward writes gradients
     dropouts = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert all(p == 0 for p in dropouts)  # the training forward is deterministic
-    criterion = _golden_criterion(settings, config.dec_layers)
+    criterion = _golden_criterion(settings, config)
     outputs = model(golden("nano")["input_b"])
     losses = criterion(outputs, g["targets"])
     total = criterion.weighted_loss(losses)
@@ -100,12 +98,17 @@ def _perfect_outputs(box_shift: float = 0.0) -> dict:
     return {"pred_logits": logits, "pred_boxes": boxes}
 
 
-def _criterion(**kwargs):
-    return build_criterion(num_classes=ROWS - 1, group_detr=GROUPS, aux_loss=False, dec_layers=1, **kwargs)
+def _criterion(aux_loss: bool = False, dec_layers: int = 1, **train_fields):
+    model = model_config("nano", num_classes=ROWS - 1, group_detr=GROUPS, aux_loss=aux_loss, dec_layers=dec_layers)
+    return build_criterion(model, TrainConfig(**train_fields))
+
+
+def _matcher() -> HungarianMatcher:
+    return HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
 
 
 def test_matcher_finds_perfect_predictions_with_group_offsets():
-    indices = HungarianMatcher()(_perfect_outputs(), TARGETS, group_detr=GROUPS)
+    indices = _matcher()(_perfect_outputs(), TARGETS, group_detr=GROUPS)
     assert len(indices) == 2
     assert indices[0][0].tolist() == [0, 2, 5, 7] and indices[0][1].tolist() == [0, 1, 0, 1]
     assert indices[1][0].tolist() == [3, 4] and indices[1][1].tolist() == [0, 0]
@@ -114,22 +117,22 @@ def test_matcher_finds_perfect_predictions_with_group_offsets():
 
 def test_matcher_single_group_uses_all_queries():
     outputs = _perfect_outputs()
-    indices = HungarianMatcher()(outputs, TARGETS, group_detr=1)
+    indices = _matcher()(outputs, TARGETS, group_detr=1)
     assert [len(q) for q, _ in indices] == [2, 1]  # one match per target over the 8 queries
     with pytest.raises(ValueError):
-        HungarianMatcher()(outputs, TARGETS, group_detr=3)
+        _matcher()(outputs, TARGETS, group_detr=3)
 
 
 def test_zero_target_images_give_empty_matches_and_finite_losses():
     outputs = _perfect_outputs()
     outputs["pred_logits"].requires_grad_(True)
     targets = [TARGETS[0], {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
-    indices = HungarianMatcher()(outputs, targets, group_detr=GROUPS)
+    indices = _matcher()(outputs, targets, group_detr=GROUPS)
     assert indices[1][0].numel() == 0 and indices[1][1].numel() == 0
     assert len(indices[0][0]) == 4
 
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 2
-    assert all(q.numel() == 0 for q, _ in HungarianMatcher()(outputs, empty, group_detr=GROUPS))
+    assert all(q.numel() == 0 for q, _ in _matcher()(outputs, empty, group_detr=GROUPS))
     for batch_targets in (targets, empty):
         criterion = _criterion()
         losses = criterion(outputs, batch_targets)
@@ -156,7 +159,9 @@ def test_box_losses_are_normalised_by_all_groups_targets():
     target = box_cxcywh_to_xyxy(torch.cat([t["boxes"] for t in TARGETS]))
     expected_giou = (1 - paired_generalized_box_iou(pred, target)).sum() * GROUPS / (3 * GROUPS)
     assert math.isclose(losses["loss_giou"].item(), expected_giou.item(), rel_tol=1e-5)
-    summed = _criterion(sum_group_losses=True)(_perfect_outputs(box_shift=shift), TARGETS)
+    summing = _criterion()
+    summing.sum_group_losses = True  # normalise by one group's targets
+    summed = summing(_perfect_outputs(box_shift=shift), TARGETS)
     assert math.isclose(summed["loss_bbox"].item(), shift * GROUPS, rel_tol=1e-5)
     assert losses["class_error"].item() == 0
     # Background rows are all -8: argmax 0 is not the last row, so all 8 queries count: (|8-2| + |8-1|) / 2.
@@ -200,7 +205,7 @@ def test_suffixes_weights_and_registered_terms():
     outputs = _perfect_outputs()
     outputs["aux_outputs"] = [_perfect_outputs(), _perfect_outputs()]
     outputs["enc_outputs"] = _perfect_outputs()
-    criterion = build_criterion(num_classes=ROWS - 1, group_detr=GROUPS, aux_loss=True, dec_layers=3)
+    criterion = _criterion(aux_loss=True, dec_layers=3)
     seen = []
 
     def count_matches(outputs, targets, indices, num_boxes, log=True):
@@ -220,10 +225,10 @@ def test_suffixes_weights_and_registered_terms():
     assert losses["loss_matches"].item() == 6
     assert criterion.weighted_loss(losses).item() == pytest.approx(4 * losses["loss_ce"].item() + 3.0, rel=1e-6)
 
-    weights = loss_weights(1.0, 5.0, 2.0, aux_loss=True, dec_layers=3)
+    weights = loss_weights(TrainConfig(), aux_loss=True, dec_layers=3)
     assert weights == {f"loss_{n}{s}": w for s in ("", "_0", "_1", "_enc")
                        for n, w in (("ce", 1.0), ("bbox", 5.0), ("giou", 2.0))}
-    assert loss_weights(1.0, 5.0, 2.0, aux_loss=False, dec_layers=3) == {"loss_ce": 1.0, "loss_bbox": 5.0,
+    assert loss_weights(TrainConfig(), aux_loss=False, dec_layers=3) == {"loss_ce": 1.0, "loss_bbox": 5.0,
                                                                          "loss_giou": 2.0}
 
 
@@ -233,11 +238,8 @@ def test_weighted_loss_sums_weighted_terms_and_skips_unweighted_ones():
               "class_error": torch.tensor(50.0), "cardinality_error": torch.tensor(3.0),
               "loss_ce_0": torch.tensor(7.0)}
     assert criterion.weighted_loss(losses).item() == 0.5 + 5 * 0.25 + 2 * 0.125  # 2.0
-    weighted = build_criterion(num_classes=ROWS - 1, group_detr=GROUPS, aux_loss=True, dec_layers=2,
-                               cls_loss_coef=3.0, bbox_loss_coef=1.0, giou_loss_coef=0.5)
+    weighted = _criterion(aux_loss=True, dec_layers=2, cls_loss_coef=3.0, bbox_loss_coef=1.0, giou_loss_coef=0.5)
     assert weighted.weighted_loss(losses).item() == 3 * 0.5 + 0.25 + 0.5 * 0.125 + 3 * 7.0  # 22.8125
-    assert loss_weights(1.0, 5.0, 2.0, aux_loss=True, dec_layers=2, two_stage=False) == {
-        "loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0, "loss_ce_0": 1.0, "loss_bbox_0": 5.0, "loss_giou_0": 2.0}
 
 
 def test_eval_mode_matches_one_group():

@@ -233,14 +233,17 @@ def test_results_json_shape_uses_the_given_epoch(coco_gt, classes):
     worse = _summarize(coco_gt, classes, ids, results, ("bbox", "segm"))
 
     document = results_json(best, worse, epoch=7)
-    assert set(document) == {"class_map", "map", "precision", "recall", "masks", "epoch"}
-    assert document["map"] == best["bbox"]["ap50"] and document["epoch"] == 7
+    assert set(document) == {"class_map", "ap", "ap50", "map", "precision", "recall", "masks", "epoch"}
+    assert document["map"] == document["ap50"] == best["bbox"]["ap50"] and document["epoch"] == 7
+    shifted = results_json(worse)  # AP@[.5:.95] and AP50 differ: each key holds its own number
+    assert shifted["ap"] == worse["bbox"]["ap"] < shifted["ap50"] == worse["bbox"]["ap50"]
     assert [row["class"] for row in document["class_map"]["valid"]] == ["cat", "dog", "bird", "all"]
     assert set(document["class_map"]["valid"][0]) == {"class", "map@50:95", "map@50", "precision", "recall"}
     assert document["class_map"]["valid"][-1]["map@50:95"] == pytest.approx(1.0)
     assert document["class_map"]["test"][-1]["map@50:95"] == pytest.approx(worse["bbox"]["ap"])
     masks = document["masks"]
-    assert set(masks) == {"class_map", "map", "precision", "recall", "map_test", "precision_test", "recall_test"}
+    assert set(masks) == {"class_map", "ap", "ap50", "map", "precision", "recall", "map_test", "precision_test",
+                          "recall_test"}
     assert masks["map"] == pytest.approx(1.0) and masks["map_test"] == worse["segm"]["ap50"]
     assert json.loads(json.dumps(document, allow_nan=False)) == document
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from rfdetr.config import RunConfig, TrainConfig, mask_config, model_config
+from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
@@ -58,7 +58,7 @@ def test_stage2_mask_head_on_the_frozen_detector_learns_masks(fitted):
     root, data, _, _ = fitted
     stage1 = root / "stage1" / "checkpoint_best_total.pth"
     train = TrainConfig(dataset_dir=str(data), output_dir=str(root / "stage2"), epochs=20, lr=1e-3, **QUICK)
-    result = start_run("masks", None, train, weights=stage1, mask=mask_config("nano")).fit()
+    result = start_run("masks", None, train, weights=stage1).fit()
     segm = [record["valid_segm_AP50"] for record in result.history]
     assert max(segm) >= 0.5, segm
     bbox = {round(record["valid_bbox_AP50"], 6) for record in result.history}

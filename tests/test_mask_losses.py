@@ -12,6 +12,7 @@ import functools
 import pytest
 import torch
 
+from rfdetr.config import TrainConfig, model_config
 from rfdetr.datasets.collate import resize_batch
 from rfdetr.models.criterion import build_criterion
 from rfdetr.models.mask_geometry import canvas_grid, sample_logits, valid_fractions
@@ -106,7 +107,7 @@ def test_losses_are_per_mask_means_summed_over_num_boxes():
 def test_only_matched_pairs_are_predicted_and_aux_sets_are_skipped():
     sizes = [(64, 64), (64, 64)]
     model = FakeMaskModel(fractions_of(sizes), rect_render({}))
-    criterion = build_criterion(num_classes=3, group_detr=1, aux_loss=True, dec_layers=3)
+    criterion = build_criterion(model_config("nano", num_classes=3, group_detr=1, dec_layers=3), TrainConfig())
     add_mask_losses(criterion, mask_loss_coef=2.0, dice_loss_coef=5.0)
     queries, rows = 20, 4
     generator = torch.Generator().manual_seed(0)
@@ -239,7 +240,6 @@ def test_targets_without_masks_are_an_error_and_sets_without_context_are_skipped
 
 @functools.lru_cache(maxsize=1)
 def _nano():
-    from rfdetr.config import model_config
     from rfdetr.models import build_detector
     torch.manual_seed(0)
     return build_detector(model_config("nano", num_queries=20)).eval()
@@ -254,7 +254,7 @@ def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
     generator = torch.Generator().manual_seed(0)
     samples = nested_tensor_from_images([torch.randn(3, h, w, generator=generator) for h, w in sizes])
     outputs = model(NestedTensor(samples.tensors, samples.mask))
-    criterion = build_criterion(num_classes=90, group_detr=1, aux_loss=True, dec_layers=2)
+    criterion = build_criterion(model_config("nano", group_detr=1), TrainConfig())
     add_mask_losses(criterion, 1.0, 1.0, **options)
     targets = [target(sizes[0], [RECT_A, RECT_B]), target(sizes[1], [RECT_B])]
     losses = criterion(outputs, targets)
@@ -277,7 +277,7 @@ def test_each_models_outputs_are_scored_with_its_own_mask_head():
             parameter.add_(0.05 * torch.randn_like(parameter))
     sizes = [(96, 96)]
     images = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
-    criterion = build_criterion(num_classes=90, group_detr=1, aux_loss=False, dec_layers=2)
+    criterion = build_criterion(model_config("nano", group_detr=1, aux_loss=False), TrainConfig())
     add_mask_losses(criterion, 1.0, 1.0)
     targets = [target(sizes[0], [RECT_A, RECT_B])]
     with torch.no_grad():

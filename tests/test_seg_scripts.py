@@ -20,7 +20,7 @@ import train_seg_single_stage
 import train_seg_stage2
 from conftest import tensorboard_tags
 from rfdetr.checkpoint import is_class_head_key, read_checkpoint
-from rfdetr.config import TrainConfig, mask_config
+from rfdetr.config import TrainConfig
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.training.stages import STAGE1_CHECKPOINT_NAMES, find_stage1_checkpoint, start_run
 
@@ -185,8 +185,7 @@ def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, da
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), resolution=128, device="cpu",
                          num_workers=0, tensorboard=False)
     trainer = start_run("joint", "nano", config, weights=upstream_nano_file,
-                        model_overrides={"num_queries": 20, "group_detr": group_detr},
-                        mask=mask_config("nano", frozen_detector=False))
+                        model_overrides={"num_queries": 20, "group_detr": group_detr})
     state = read_checkpoint(upstream_nano_file)["model"]
     detector = trainer.model.detr
     assert detector.class_embed.out_features == 4 and not trainer.model.freeze_detr
@@ -199,8 +198,7 @@ def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, da
 
 def test_single_stage_from_a_stage1_detector_keeps_its_class_heads(stage1_run, data, tmp_path):
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), device="cpu", num_workers=0)
-    trainer = start_run("joint", "nano", config, weights=stage1_run / "checkpoint_best_total.pth",
-                        mask=mask_config("nano", frozen_detector=False))
+    trainer = start_run("joint", "nano", config, weights=stage1_run / "checkpoint_best_total.pth")
     stage1 = read_checkpoint(stage1_run / "checkpoint_best_total.pth")["model"]
     detector = trainer.model.detr.state_dict()
     assert detector.keys() == stage1.keys()  # geometry (20 queries, 1 group) from the file's config

@@ -8,9 +8,10 @@ nowhere else; the help texts read their defaults from those fields.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 SIZE_CHOICES = ("nano", "small", "medium", "base", "large")
 # flag -> TrainConfig field, for flags whose names differ from the field
@@ -153,13 +154,42 @@ def banner(title: str, rows: dict[str, Any]) -> str:
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C (SIGINT) during a run; the message is the command that continues it."""
+    """Ctrl-C (SIGINT) or SIGTERM during a run; the message is the command that continues it."""
+
+    def __init__(self, command: str, signal_name: str = "SIGINT"):
+        super().__init__(command)
+        self.signal_name = signal_name
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (what torchrun sends the other ranks when one dies)."""
+
+
+@contextlib.contextmanager
+def raise_on_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only), so that a stopped run says
+    how to continue; the previous handler is restored afterwards."""
+    import signal
+    import threading
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_training(train: Callable[[], Any], metric: str) -> int:
     """A script's exit code for ``train()`` (which returns a ``TrainResult``): 0 when it finished,
     2 for bad input (the message says what to fix), 1 when the loss stopped being finite or the
-    disk is full, 130 when interrupted (one line says how to resume; the last checkpoint is intact)."""
+    disk is full, 130 on Ctrl-C and 143 on SIGTERM (one line says how to resume; the last checkpoint is
+    intact)."""
     import errno
 
     from rfdetr.checkpoint import CheckpointError
@@ -181,8 +211,9 @@ def run_training(train: Callable[[], Any], metric: str) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except RunInterrupted as interrupted:
-        print(f"interrupted: the last checkpoint is intact; continue with: {interrupted}", file=sys.stderr)
-        return 130
+        print(f"interrupted ({interrupted.signal_name}): the last checkpoint is intact; continue with: "
+              f"{interrupted}", file=sys.stderr)
+        return 130 if interrupted.signal_name == "SIGINT" else 143
     if is_main_process():
         print(f"done: best {metric} AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
               f"weights in {result.output_dir}/checkpoint_best_total.pth")

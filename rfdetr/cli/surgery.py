@@ -30,27 +30,27 @@ def shrink_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", required=True, nargs="+", metavar="NAME", help="class names to keep, in order")
     args = parser.parse_args(argv)
 
-    from rfdetr.checkpoint import checkpoint_class_table, read_checkpoint, save_checkpoint
+    from rfdetr.checkpoint import checkpoint_class_table, read_checkpoint
+    from rfdetr.durable import save_checkpoint
     from rfdetr.surgery import head_rows, shrink_class_heads
 
     try:
         checkpoint = read_checkpoint(args.in_ckpt)
         shrunk = shrink_class_heads(checkpoint, args.keep)
+        table = checkpoint_class_table(shrunk, args.out_ckpt)
+        if head_rows(shrunk) != len(args.keep) + 1 or table.names != list(args.keep):  # checked before writing
+            print(f"error: shrinking gave {head_rows(shrunk)} rows, classes {table.names}; nothing written",
+                  file=sys.stderr)
+            return 1
         save_checkpoint(shrunk, args.out_ckpt)
         reloaded = read_checkpoint(args.out_ckpt)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = checkpoint_class_table(reloaded)
-    expected_rows = len(args.keep) + 1
-    if head_rows(reloaded) != expected_rows or table.names != list(args.keep):
-        print(f"error: verification failed: {head_rows(reloaded)} rows, classes {table.names}", file=sys.stderr)
-        return 1
     print(f"class head: {head_rows(checkpoint)} -> {head_rows(reloaded)} rows "
           f"({len(args.keep)} classes + 1 spare); classes: {', '.join(table.names)}")
     print(f"wrote {args.out_ckpt} (verified by reloading)")
     return 0
-
 
 
 def strip_main(argv: list[str] | None = None) -> int:
@@ -59,7 +59,8 @@ def strip_main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
     args = parser.parse_args(argv)
 
-    from rfdetr.checkpoint import read_checkpoint, save_checkpoint
+    from rfdetr.checkpoint import read_checkpoint
+    from rfdetr.durable import save_checkpoint
     from rfdetr.surgery import strip_class_heads
 
     try:

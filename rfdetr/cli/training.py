@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, add_training_flags, banner, described, model_overrides,
-                               overrides_lines, refuse_on_resume, resume_checkpoint, run_training, split_patterns,
-                               train_overrides)
+from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, Terminated, add_training_flags, banner, described,
+                               model_overrides, overrides_lines, raise_on_sigterm, refuse_on_resume, resume_checkpoint,
+                               run_training, split_patterns, train_overrides)
 
 STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO-format dataset, starting from the COCO checkpoint.
 
@@ -113,18 +113,20 @@ def stage2_main(argv: list[str] | None = None) -> int:
     args = stage2_parser().parse_args(argv)
 
     def new_run():
-        from rfdetr.training.stages import detector_size, find_stage1_checkpoint, refuse_detector_options
+        from rfdetr.training.stages import find_stage1_checkpoint, refuse_detector_options
 
         refuse_detector_options(model_overrides(args), split_patterns(args.pretrain_exclude_keys))
         if args.checkpoint:
             checkpoint = Path(args.checkpoint)
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist")
         elif args.stage1_run:
             checkpoint = find_stage1_checkpoint(args.stage1_run)
         else:
             raise ValueError("pass the stage-1 detector: --stage1_run RUN_FOLDER or --checkpoint FILE")
-        size = args.size or detector_size(checkpoint)
-        trainer = _start("masks", size, args, weights=checkpoint, exclude=split_patterns(args.pretrain_exclude_keys),
-                         model_overrides=model_overrides(args), mask=_mask(args, size, frozen=True))
+        trainer = _start("masks", args.size, args, weights=checkpoint,
+                         exclude=split_patterns(args.pretrain_exclude_keys), model_overrides=model_overrides(args),
+                         mask_options=_mask_options(args))
         return trainer, {"stage-1 checkpoint": str(checkpoint)}
 
     return _train(args, new_run, ("size", "stage1_run", "checkpoint", *MASK_FLAGS, *MODEL_FLAGS,
@@ -141,7 +143,7 @@ def single_stage_main(argv: list[str] | None = None) -> int:
             raise ValueError("give --init_ckpt or --pretrain_weights, not both")
         weights = _weights(args.init_ckpt or args.pretrain_weights, size)
         trainer = _start("joint", size, args, weights=weights, exclude=split_patterns(args.pretrain_exclude_keys),
-                         model_overrides=model_overrides(args), mask=_mask(args, size, frozen=False))
+                         model_overrides=model_overrides(args), mask_options=_mask_options(args))
         return trainer, {"pretrained": weights or "none (random)"}
 
     return _train(args, new_run, ("size", "pretrain_weights", "init_ckpt", "pretrain_exclude_keys", *MASK_FLAGS,
@@ -167,10 +169,9 @@ def _add_mask_flags(parser: argparse.ArgumentParser) -> None:
                         help=described("weight of the Dice loss", "dice_loss_coef", "mask"))
 
 
-def _mask(args: argparse.Namespace, size: str, frozen: bool):
-    from rfdetr.config import mask_config
-
-    return mask_config(size, frozen_detector=frozen, **{k: getattr(args, k) for k in MASK_FLAGS})
+def _mask_options(args: argparse.Namespace) -> dict[str, Any]:
+    """MaskConfig fields for the mask flags the user gave."""
+    return {flag: getattr(args, flag) for flag in MASK_FLAGS if getattr(args, flag) is not None}
 
 
 def _weights(given: str | None, size: str) -> str | None:
@@ -180,7 +181,7 @@ def _weights(given: str | None, size: str) -> str | None:
     return None if weights.lower() == "none" else weights
 
 
-def _start(stage: str, size: str, args: argparse.Namespace, **options: Any):
+def _start(stage: str, size: str | None, args: argparse.Namespace, **options: Any):
     from rfdetr.config import TrainConfig
     from rfdetr.training.stages import start_run
 
@@ -218,10 +219,20 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
                 path.write_text(json.dumps(summary, indent=2))
         try:
             return trainer.fit()
-        except KeyboardInterrupt:
-            raise RunInterrupted(f"python {script} --resume {trainer.output_dir}") from None
+        except (KeyboardInterrupt, Terminated) as stop:
+            raise RunInterrupted(_resume_command(script, trainer.output_dir),
+                                 "SIGINT" if isinstance(stop, KeyboardInterrupt) else "SIGTERM") from None
 
-    return run_training(train, metric)
+    with raise_on_sigterm():
+        return run_training(train, metric)
+
+
+def _resume_command(script: str, run_dir: Path) -> str:
+    from rfdetr.training.distributed import world_size
+
+    processes = world_size()
+    launcher = f"torchrun --nproc_per_node={processes}" if processes > 1 else "python"
+    return f"{launcher} {script} --resume {run_dir}"
 
 
 def _banner_rows(trainer, summary: dict) -> dict[str, Any]:

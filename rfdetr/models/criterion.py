@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rfdetr.config import ModelConfig, TrainConfig
 from rfdetr.models.matcher import HungarianMatcher, ImageMatch
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy, paired_box_iou, paired_generalized_box_iou
 
@@ -63,8 +64,8 @@ def normalising_num_boxes(targets: Sequence[dict], group_detr: int, device: torc
 class SetCriterion(nn.Module):
     """Hungarian-matched detection losses: IA-BCE classification, L1 and GIoU boxes (+ logging metrics)."""
 
-    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 focal_alpha: float = 0.25, losses: Iterable[str] = DEFAULT_LOSSES, group_detr: int = 1,
+    def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], *,
+                 focal_alpha: float, group_detr: int, losses: Iterable[str] = DEFAULT_LOSSES,
                  sum_group_losses: bool = False):
         """num_classes: highest class index (the class head has ``num_classes + 1`` rows); group_detr:
         query groups in training (evaluation matches a single group); sum_group_losses: normalise by the
@@ -173,25 +174,23 @@ class SetCriterion(nn.Module):
         return sum(value * self.weight_dict[key] for key, value in losses.items() if key in self.weight_dict)
 
 
-def loss_weights(cls_loss_coef: float, bbox_loss_coef: float, giou_loss_coef: float, aux_loss: bool,
-                 dec_layers: int, two_stage: bool = True) -> dict[str, float]:
+def loss_weights(train: TrainConfig, aux_loss: bool, dec_layers: int) -> dict[str, float]:
     """Weights of the weighted terms; suffixed copies (``_0..``, ``_enc``) only with ``aux_loss``."""
-    base = {"loss_ce": cls_loss_coef, "loss_bbox": bbox_loss_coef, "loss_giou": giou_loss_coef}
+    base = {"loss_ce": train.cls_loss_coef, "loss_bbox": train.bbox_loss_coef, "loss_giou": train.giou_loss_coef}
     weights = dict(base)
     if aux_loss:
-        suffixes = [f"_{i}" for i in range(dec_layers - 1)] + (["_enc"] if two_stage else [])
-        for suffix in suffixes:
+        for suffix in [f"_{i}" for i in range(dec_layers - 1)] + ["_enc"]:
             weights.update({key + suffix: value for key, value in base.items()})
     return weights
 
 
-def build_criterion(num_classes: int, group_detr: int, aux_loss: bool, dec_layers: int, two_stage: bool = True,
-                    cls_loss_coef: float = 1.0, bbox_loss_coef: float = 5.0, giou_loss_coef: float = 2.0,
-                    set_cost_class: float = 2.0, set_cost_bbox: float = 5.0, set_cost_giou: float = 2.0,
-                    focal_alpha: float = 0.25, sum_group_losses: bool = False) -> SetCriterion:
-    """The training criterion with upstream defaults (matcher costs 2 / 5 / 2, loss weights 1 / 5 / 2)."""
-    matcher = HungarianMatcher(cost_class=set_cost_class, cost_bbox=set_cost_bbox, cost_giou=set_cost_giou,
-                               focal_alpha=focal_alpha)
-    weights = loss_weights(cls_loss_coef, bbox_loss_coef, giou_loss_coef, aux_loss, dec_layers, two_stage)
-    return SetCriterion(num_classes, matcher, weights, focal_alpha=focal_alpha, group_detr=group_detr,
-                        sum_group_losses=sum_group_losses)
+def build_criterion(model: ModelConfig, train: TrainConfig, *, frozen_detector: bool = False) -> SetCriterion:
+    """The detection criterion of a run: loss weights, matcher costs and focal alpha from ``train``.
+
+    A frozen detector (stage 2) runs in eval mode: one query group, and its aux/encoder outputs train nothing.
+    """
+    aux_loss = model.aux_loss and not frozen_detector
+    matcher = HungarianMatcher(cost_class=train.set_cost_class, cost_bbox=train.set_cost_bbox,
+                               cost_giou=train.set_cost_giou)
+    return SetCriterion(model.num_classes, matcher, loss_weights(train, aux_loss, model.dec_layers),
+                        focal_alpha=train.focal_alpha, group_detr=1 if frozen_detector else model.group_detr)

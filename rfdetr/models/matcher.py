@@ -25,15 +25,13 @@ MATCH_FOCAL_GAMMA = 2.0
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets, solved independently for each query group."""
 
-    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 focal_alpha: float = 0.25):
+    def __init__(self, *, cost_class: float, cost_bbox: float, cost_giou: float):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("at least one matching cost must be non-zero")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
-        self.focal_alpha = focal_alpha  # kept for the configuration record; see MATCH_FOCAL_ALPHA
 
     @torch.no_grad()
     def cost_matrix(self, outputs: dict, targets: list[dict]) -> torch.Tensor:

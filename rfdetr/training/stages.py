@@ -24,12 +24,13 @@ from torch import nn
 from rfdetr.checkpoint import read_checkpoint, stored_run_config
 from rfdetr.classes import ClassTable
 from rfdetr.coco_masks import count_masks
-from rfdetr.config import MaskConfig, RunConfig, StageName, TrainConfig
+from rfdetr.config import RunConfig, StageName, TrainConfig, mask_config
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.loading import load_model
 from rfdetr.models import DETRsegm, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
-from rfdetr.training.trainer import Trainer, detection_criterion, seed_everything
+from rfdetr.models import build_criterion
+from rfdetr.training.trainer import Trainer, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +41,13 @@ STAGE1_CHECKPOINT_NAMES = ("checkpoint_best_total.pth", "checkpoint_best_regular
 
 def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights: str | os.PathLike | None,
               exclude: Sequence[str] = (), model_overrides: Mapping[str, Any] | None = None,
-              mask: MaskConfig | None = None, name_run_dir: bool = False) -> Trainer:
+              mask_options: Mapping[str, Any] | None = None, name_run_dir: bool = False) -> Trainer:
     """A new run: the model of ``stage`` from ``weights`` (``None``: random), for the dataset's classes.
 
-    size: the model size (stage 2: ``None`` takes the detector checkpoint's); exclude: checkpoint
-    key patterns not to load; model_overrides: :class:`~rfdetr.config.ModelConfig` fields;
-    mask: the mask head of a ``"masks"`` / ``"joint"`` run; name_run_dir: write into the next free
+    size: the model size (``None``: the one the checkpoint records); exclude: checkpoint key patterns
+    not to load; model_overrides: :class:`~rfdetr.config.ModelConfig` fields; mask_options:
+    :class:`~rfdetr.config.MaskConfig` fields of a ``"masks"`` / ``"joint"`` run (the stage decides
+    whether the detector is frozen); name_run_dir: write into the next free
     ``runs/<kind>_<size>_<resolution>_<n>`` instead of ``train.output_dir``.
     """
     classes = dataset_classes(train.dataset_dir)
@@ -55,13 +57,14 @@ def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights
         if weights is None:
             raise ValueError("stage 2 needs the stage-1 detector: --stage1_run RUN_FOLDER or --checkpoint FILE")
         refuse_detector_options(model_overrides, exclude)
-        size = size or detector_size(weights)
     seed_everything(train.seed)  # new layers (heads, a random-init model) start the same in every run
     loaded = load_model(size, weights, class_names=classes, exclude=exclude, masks=False,
                         require_trained_heads=stage == "masks", config_overrides=model_overrides)
     if name_run_dir:
         resolution = train.resolution or loaded.config.resolution
         train = train.model_copy(update={"output_dir": default_run_dir(stage, loaded.config.size, resolution)})
+    mask = None if stage == "detector" else mask_config(loaded.config.size, frozen_detector=stage == "masks",
+                                                        **dict(mask_options or {}))
     run = RunConfig(stage=stage, model=loaded.config, train=train, mask=mask)
     model = _with_mask_head(loaded.model, run)  # a new mask head is seeded too (above)
     return build_trainer(run, model, classes)
@@ -96,7 +99,7 @@ def build_trainer(run: RunConfig, model: nn.Module, classes: ClassTable) -> Trai
     """The trainer of ``model`` (a detector, or a ``DETRsegm`` for mask stages) as ``run`` describes."""
     if run.mask is None:
         return Trainer(model, run, classes)
-    criterion = detection_criterion(run.model, run.train, frozen_detector=run.mask.frozen_detector)
+    criterion = build_criterion(run.model, run.train, frozen_detector=run.mask.frozen_detector)
     add_mask_losses(criterion, run.mask.mask_loss_coef, run.mask.dice_loss_coef)
     return Trainer(model, run, classes, criterion=criterion)
 
@@ -105,16 +108,6 @@ def _with_mask_head(detector: nn.Module, run: RunConfig) -> nn.Module:
     if run.mask is None:
         return detector
     return DETRsegm(detector, freeze_detr=run.mask.frozen_detector, mask_head=run.mask.mask_head)
-
-
-def detector_size(path: str | os.PathLike) -> str:
-    """The model size a detector checkpoint records; an error that asks for --size when it does not."""
-    from rfdetr.checkpoint import CheckpointError, checkpoint_size
-
-    size = checkpoint_size(read_checkpoint(path))
-    if size is None:
-        raise CheckpointError(f"{path} does not say which model size it is: pass --size")
-    return size
 
 
 def check_segmentation(dataset_dir: str) -> int:

@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from rfdetr.checkpoint import make_checkpoint, read_checkpoint, save_checkpoint
+from rfdetr.checkpoint import make_checkpoint, read_checkpoint
+from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.classes import ClassTable
-from rfdetr.config import COCO_MAX_DETECTIONS, ModelConfig, RunConfig, TrainConfig
+from rfdetr.config import COCO_MAX_DETECTIONS, RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.coco import resolve_split_dir
 from rfdetr.datasets.transforms import train_scales
@@ -60,19 +61,6 @@ class TrainResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
-
-
-def detection_criterion(model_config: ModelConfig, train: TrainConfig, *, frozen_detector: bool = False):
-    """The detection criterion of a run, its weights and matcher costs from ``train``.
-
-    A frozen detector (stage 2) runs in eval mode: one query group, and its aux/encoder outputs train nothing.
-    """
-    return build_criterion(
-        num_classes=model_config.num_classes, group_detr=1 if frozen_detector else model_config.group_detr,
-        aux_loss=model_config.aux_loss and not frozen_detector, dec_layers=model_config.dec_layers,
-        cls_loss_coef=train.cls_loss_coef, bbox_loss_coef=train.bbox_loss_coef, giou_loss_coef=train.giou_loss_coef,
-        set_cost_class=train.set_cost_class, set_cost_bbox=train.set_cost_bbox, set_cost_giou=train.set_cost_giou,
-        focal_alpha=train.focal_alpha)
 
 
 def seed_everything(seed: int) -> None:
@@ -116,7 +104,7 @@ class Trainer:
         seed_everything(config.seed + dist.rank())
         self.datasets = self._build_datasets()
         self.model = model.to(self.device)
-        self.criterion = criterion or detection_criterion(model_config, config)
+        self.criterion = criterion or build_criterion(model_config, config)
         self.criterion.to(self.device)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.use_ema else None
         if self.distributed:
@@ -192,6 +180,8 @@ class Trainer:
         main = dist.is_main_process()
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            for stale in remove_stale_temporaries(self.output_dir):
+                logger.warning("removed %s: a process killed while writing a checkpoint left it", stale)
             (self.output_dir / "train_config.json").write_text(json.dumps(config.model_dump(), indent=2))
             (self.output_dir / "run_config.json").write_text(json.dumps(self.run.model_dump(), indent=2))
         reporter = RunReporter(self.output_dir, tensorboard=config.tensorboard, wandb=config.wandb, enabled=main,

@@ -1,0 +1,163 @@
+"""User-facing model wrappers: ``RFDETRNano(...).predict(image)``.
+
+A wrapper holds the model (``.model``: the detector, or a ``DETRsegm`` with its mask head), its
+:class:`~rfdetr.config.ModelConfig` (``.config``), its :class:`~rfdetr.classes.ClassTable`
+(``.classes``) and its device. Sizes are data: the ``RFDETR<Size>`` classes only name a row of
+:data:`rfdetr.config.SIZE_PRESETS`. How a checkpoint becomes a model, and which classes it gets,
+is :func:`rfdetr.loading.load_model`'s job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from rfdetr.checkpoint import read_checkpoint
+from rfdetr.config import PRETRAINED_NAMES, ModelConfig
+from rfdetr.inference import check_threshold, prepare_batch, to_detections
+from rfdetr.loading import load_model
+from rfdetr.models import PostProcess
+from rfdetr.models.mask_postprocess import PostProcessMasks
+from rfdetr.util.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT = object()  # "the size's COCO checkpoint"
+
+
+class RFDETR:
+    """An RF-DETR detector of a given ``size`` with its classes, ready to predict.
+
+    pretrain_weights: a table name (``"rf-detr-nano.pth"``, downloaded if needed), a file path, or
+    ``None`` for random weights; default: the size's COCO checkpoint. ``num_classes`` /
+    ``class_names``: the classes to have (default: the checkpoint's); ``masks`` / ``mask_head``:
+    wrap with a mask head (default: when the checkpoint has one). Other keyword arguments are
+    :class:`~rfdetr.config.ModelConfig` fields (unknown ones raise).
+    """
+
+    size: ClassVar[str | None] = None
+
+    def __init__(self, size: str | None = None, *, pretrain_weights: Any = _DEFAULT, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
+                 pretrain_exclude_keys: Sequence[str] = (), masks: bool | None = None, mask_head: str | None = None,
+                 **config_overrides: Any):
+        size = size or self.size
+        if size is None:
+            raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
+        if "num_classes" in config_overrides or "pretrain_weights" in config_overrides:
+            raise ValueError("pass num_classes / pretrain_weights as their own arguments")
+        if pretrain_weights is _DEFAULT:
+            pretrain_weights = PRETRAINED_NAMES[size]
+        # Kept so that train() can fit the heads to a dataset's classes from the same weights.
+        self._load_arguments = dict(size=size, pretrain_weights=pretrain_weights, num_classes=num_classes,
+                                    class_names=class_names, exclude=list(pretrain_exclude_keys), masks=masks,
+                                    mask_head=mask_head, config_overrides=config_overrides)
+        self.device = resolve_device(device)
+        self._load(**self._load_arguments)
+
+    def _load(self, **arguments: Any) -> None:
+        loaded = load_model(**arguments)
+        self.model, self.classes, self.mask_config = loaded.model, loaded.classes, loaded.mask
+        self.config: ModelConfig = loaded.config
+        self.masks = loaded.mask is not None
+        self.model.to(self.device).eval()
+        self.postprocess = PostProcess(self.config.num_select)
+        self.postprocess_masks = PostProcessMasks(self.config.num_select, max_masks=None)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """``{class_id: name}`` for the ``class_id`` values that :meth:`predict` returns."""
+        return {entry.label: entry.name for entry in self.classes.entries}
+
+    @torch.inference_mode()
+    def predict(self, images: Any, threshold: float = 0.5):
+        """Detect objects; returns ``supervision.Detections`` (a list of them for a list input).
+
+        ``images``: a path, PIL image, H x W x 3 array, [3, H, W] tensor in [0, 1], or a list of
+        them (one batched forward). ``xyxy`` is in original pixels, ``class_id`` indexes
+        :attr:`class_names` (the head row), ``data["class_name"]`` holds the names and
+        ``data["category_id"]`` the dataset's (or COCO's) category ids.
+        """
+        check_threshold(threshold)
+        batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
+        self.model.eval()
+        outputs = self.model(batch)
+        if self.masks:  # masks only for the detections above the threshold
+            results = self.postprocess_masks(outputs, sizes, self.classes.class_rows,
+                                             score_threshold=threshold)
+        else:
+            results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)
+        detections = to_detections(results, threshold, self.classes)
+        return detections if is_list else detections[0]
+
+    def train(self, **train_kwargs: Any):
+        """Fine-tune on a COCO-format dataset; keyword arguments are :class:`~rfdetr.config.TrainConfig` fields.
+
+        The model takes the dataset's classes: every class the loaded checkpoint has keeps its
+        trained head rows (matched by name, in the dataset's label order); the heads are rebuilt
+        only when some class has no trained row (a WARNING names them). A detector trains as stage
+        1; a model with a mask head trains its mask head on the frozen detector (a stage-2
+        checkpoint) or everything together (a single-stage one). Afterwards the wrapper holds the
+        best weights of the run and predicts at the resolution it trained at. Returns the
+        :class:`~rfdetr.training.trainer.TrainResult`.
+        """
+        from rfdetr.config import RunConfig, TrainConfig
+        from rfdetr.datasets.coco import dataset_classes
+        from rfdetr.training.stages import build_trainer, check_segmentation
+
+        config = TrainConfig(**train_kwargs)
+        classes = dataset_classes(config.dataset_dir, "train")
+        if self.masks:
+            check_segmentation(config.dataset_dir)
+        stage = "detector" if not self.masks else "masks" if self.mask_config.frozen_detector else "joint"
+        if config.device:
+            self.device = resolve_device(config.device)
+        if classes != self.classes:  # a frozen detector must already know every class of the dataset
+            self._load(**{**self._load_arguments, "class_names": classes, "num_classes": None,
+                          "require_trained_heads": stage == "masks"})
+        trainer = build_trainer(RunConfig(stage=stage, model=self.config, train=config, mask=self.mask_config),
+                                self.model, self.classes)
+        result = trainer.fit()
+        best = Path(config.output_dir) / "checkpoint_best_total.pth"
+        if best.is_file():
+            self.model.load_state_dict(read_checkpoint(best)["model"])
+        self.config = trainer.model_config
+        self.model.to(self.device).eval()
+        return result
+
+    def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
+               verify: bool = True):
+        """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``,
+        and ``masks``, ``mask_queries`` for a model with a mask head).
+
+        With ``verify`` the exported model is run with ONNX Runtime on a real photo and compared with
+        PyTorch (max |logit difference| <= 1e-4). Returns the path.
+        """
+        from rfdetr.export import export_onnx
+
+        return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
+                           verify=verify)
+
+
+class RFDETRNano(RFDETR):
+    size = "nano"
+
+
+class RFDETRSmall(RFDETR):
+    size = "small"
+
+
+class RFDETRMedium(RFDETR):
+    size = "medium"
+
+
+class RFDETRBase(RFDETR):
+    size = "base"
+
+
+class RFDETRLarge(RFDETR):
+    size = "large"
