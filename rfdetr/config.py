@@ -247,6 +247,9 @@ class TrainConfig(BaseModel):
     progress_bar: bool = True
 
 
+# The size a training script builds when --size is not given (stage 2 takes its detector's).
+DEFAULT_SCRIPT_SIZE = {"detector": "small", "joint": "nano"}
+MASK_HEADS: tuple[str, ...] = ("small", "nano")
 MaskHeadName = Literal["small", "nano"]
 StageName = Literal["detector", "masks", "joint"]
 

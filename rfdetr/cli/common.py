@@ -1,4 +1,4 @@
-"""Shared pieces of the training scripts' command lines (imports nothing heavy: ``--help`` stays fast).
+"""Shared pieces of the training scripts' command lines (imports no torch: ``--help`` stays fast).
 
 Flags default to ``None`` and only the flags a user gave are passed on, so every default lives in
 :class:`rfdetr.config.TrainConfig` / :class:`~rfdetr.config.MaskConfig` (or the size presets) and
@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-SIZE_CHOICES = ("nano", "small", "medium", "base", "large")
+from rfdetr.config import DEFAULT_SCRIPT_SIZE, SIZES, MaskConfig, ModelConfig, TrainConfig
+
 # flag -> TrainConfig field, for flags whose names differ from the field
 FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": "num_workers",
                  "patience": "early_stopping_patience"}
@@ -26,8 +27,6 @@ MODEL_FLAGS = ("num_queries", "group_detr", "gradient_checkpointing")
 def default(field: str, config: str = "train") -> Any:
     """The default of a field of :class:`~rfdetr.config.TrainConfig` (``"train"``), ModelConfig (``"model"``)
     or MaskConfig (``"mask"``)."""
-    from rfdetr.config import MaskConfig, ModelConfig, TrainConfig
-
     value = {"train": TrainConfig, "model": ModelConfig, "mask": MaskConfig}[config].model_fields[field].default
     return int(value) if isinstance(value, bool) else value
 
@@ -55,7 +54,8 @@ def add_bool(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares (help texts show TrainConfig's defaults)."""
-    parser.add_argument("--size", choices=SIZE_CHOICES, default=None, help="model size (default: small)")
+    parser.add_argument("--size", choices=SIZES, default=None,
+                        help=f"model size (default: {DEFAULT_SCRIPT_SIZE['detector']})")
     parser.add_argument("--dataset_dir", default=None, help=described("COCO folder with train/ valid/ [test/]",
                                                                        "dataset_dir"))
     parser.add_argument("--output_dir", default=None, help="run folder (default: runs/<kind>_<size>_<resolution>_<n>)")

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from rfdetr.config import DEFAULT_SCRIPT_SIZE, MASK_HEADS
 from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, Terminated, add_training_flags, banner, described,
                                model_overrides, overrides_lines, raise_on_sigterm, refuse_on_resume, resume_checkpoint,
                                run_training, split_patterns, train_overrides)
@@ -85,7 +86,7 @@ def stage2_parser() -> argparse.ArgumentParser:
 
 
 def single_stage_parser() -> argparse.ArgumentParser:
-    parser = _parser(SINGLE_STAGE_DOC, size_help="model size (default: nano)")
+    parser = _parser(SINGLE_STAGE_DOC, size_help=f"model size (default: {DEFAULT_SCRIPT_SIZE['joint']})")
     parser.add_argument("--pretrain_weights", default=None,
                         help="checkpoint name (rf-detr-<size>.pth, downloaded if needed), a path, or 'none' for "
                              "random init (default: the size's COCO checkpoint)")
@@ -100,7 +101,7 @@ def stage1_main(argv: list[str] | None = None) -> int:
     args = stage1_parser().parse_args(argv)
 
     def new_run():
-        size = args.size or "small"
+        size = args.size or DEFAULT_SCRIPT_SIZE["detector"]
         weights = _weights(args.pretrain_weights, size)
         return _start("detector", size, args, weights=weights, exclude=split_patterns(args.pretrain_exclude_keys),
                       model_overrides=model_overrides(args)), {"pretrained": weights or "none (random)"}
@@ -138,7 +139,7 @@ def single_stage_main(argv: list[str] | None = None) -> int:
     args = single_stage_parser().parse_args(argv)
 
     def new_run():
-        size = args.size or "nano"
+        size = args.size or DEFAULT_SCRIPT_SIZE["joint"]
         if args.init_ckpt and args.pretrain_weights:
             raise ValueError("give --init_ckpt or --pretrain_weights, not both")
         weights = _weights(args.init_ckpt or args.pretrain_weights, size)
@@ -161,7 +162,7 @@ def _parser(doc: str, size_help: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_mask_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mask_head", choices=("small", "nano"), default=None,
+    parser.add_argument("--mask_head", choices=MASK_HEADS, default=None,
                         help="mask head architecture (default: nano for the nano size, small otherwise)")
     parser.add_argument("--mask_loss_coef", type=float, default=None,
                         help=described("weight of the per-pixel mask loss, sigmoid BCE", "mask_loss_coef", "mask"))
