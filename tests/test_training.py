@@ -60,6 +60,7 @@ def test_parameter_groups_follow_layer_decay_and_are_grouped():
     grouped = sum(len(g["params"]) for g in groups)
     assert grouped == sum(1 for p in model.parameters() if p.requires_grad)
     assert len({(g["lr"], g["weight_decay"]) for g in groups}) == len(groups)
+    assert [g["lr"] for g in groups if g["base"]] == [train.lr]  # the group whose lr the logs report
 
 
 def test_lr_schedule_warmup_cosine_and_step():
@@ -112,6 +113,10 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     lines = [json.loads(line) for line in (output / "log.txt").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]
     assert {"train_loss", "train_lr", "valid_loss", "valid_bbox_AP", "ema_valid_bbox_AP"} <= set(lines[0])
+    # train_lr is the run's lr under the schedule (mean over the epoch's steps), not the smallest group's.
+    schedule = [lr_factor(step, steps_per_epoch=2, train_config=TrainConfig(**TINY_TRAIN)) for step in range(1, 5)]
+    assert lines[0]["train_lr"] == pytest.approx(TrainConfig().lr * (schedule[0] + schedule[1]) / 2, rel=1e-6)
+    assert lines[1]["train_lr"] == pytest.approx(TrainConfig().lr * (schedule[2] + schedule[3]) / 2, rel=1e-6)
     resumable = read_checkpoint(output / "checkpoint.pth")
     assert {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer", "run"} <= set(resumable)
     assert resumable["epoch"] == 1 and resumable["classes"] == dataset_classes(tiny_dataset).to_dict()

@@ -18,6 +18,7 @@ from torch import nn
 
 from rfdetr.datasets.collate import random_scale, resize_batch
 from rfdetr.training.distributed import all_reduce_mean, is_main_process
+from rfdetr.training.optim import base_lr
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,10 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
         if settings.ema is not None:
             settings.ema.update(unwrap(model))
         step += 1
-        values = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]}
+        values = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": base_lr(optimizer)}
         values.update({k: float(v.detach()) for k, v in losses.items() if k in settings.criterion.weight_dict})
         meters.add(values)
-        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{max(g['lr'] for g in optimizer.param_groups):.2e}")
+        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
         bar.update()
     bar.close()
     optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the end

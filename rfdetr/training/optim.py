@@ -49,7 +49,15 @@ def parameter_groups(named_parameters, model_config: ModelConfig, train_config: 
     for name, parameter in named_parameters:
         if parameter.requires_grad:
             groups[parameter_settings(name, model_config, train_config)].append(parameter)
-    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in sorted(groups.items())]
+    # "base": the group at the run's own lr (heads, projector, mask head): the lr that logs report.
+    return [{"params": params, "lr": lr, "weight_decay": decay, "base": lr == train_config.lr}
+            for (lr, decay), params in sorted(groups.items())]
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The current lr of the group at the run's ``lr`` (the largest lr when no group is marked)."""
+    groups = optimizer.param_groups
+    return next((g["lr"] for g in groups if g.get("base")), max(g["lr"] for g in groups))
 
 
 def build_optimizer(named_parameters, model_config: ModelConfig, train_config: TrainConfig) -> torch.optim.AdamW:
