@@ -208,6 +208,9 @@ class TrainConfig(BaseModel):
     resolution: int | None = None  # None: the model's native resolution
     multi_scale: bool = True
     expanded_scales: bool = True
+    # Multi-scale sides follow the training resolution: the size's native set scaled by resolution / native
+    # (False: upstream's sides around the resolution, which at low resolution reach down to 64 px).
+    relative_scales: bool = True
     do_random_resize_via_padding: bool = False
     lr: float = Field(1e-4, gt=0)
     lr_encoder: float = Field(1.5e-4, ge=0)

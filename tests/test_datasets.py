@@ -336,6 +336,10 @@ def test_multi_scale_sizes():
     assert multi_scale_sizes(576, 16, 2) == list(range(480, 705, 32))
     assert multi_scale_sizes(560, 14, 4) == list(range(392, 785, 56))
     assert multi_scale_sizes(64, 16, 2) == [64, 96, 128, 160, 192]  # sides below 2 blocks dropped
+    # Relative to a native resolution: upstream's native set, scaled and rounded to whole blocks.
+    assert multi_scale_sizes(384, 16, 2, expanded=True, native_resolution=384) == list(range(224, 545, 32))
+    assert multi_scale_sizes(192, 16, 2, expanded=True, native_resolution=384) == [128, 160, 192, 224, 256]
+    assert multi_scale_sizes(280, 14, 4, native_resolution=560) == [224, 280, 336, 392]
 
 
 def test_train_scales():

@@ -218,3 +218,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
+
+
+def test_multi_scale_sides_follow_the_training_resolution(tiny_dataset, tmp_path):
+    # Nano (native 384) trained at 192: upstream's set scaled by 1/2 -> 128..256, not 64..352.
+    relative = _trainer(tiny_dataset, tmp_path, resolution=192, multi_scale=True)
+    assert relative._batch_scales() == [128, 160, 192, 224, 256]
+    upstream = _trainer(tiny_dataset, tmp_path, resolution=192, multi_scale=True, relative_scales=False)
+    assert upstream._batch_scales() == list(range(64, 353, 32))

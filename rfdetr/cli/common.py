@@ -19,8 +19,9 @@ from rfdetr.config import DEFAULT_SCRIPT_SIZE, SIZES, MaskConfig, ModelConfig, T
 FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": "num_workers",
                  "patience": "early_stopping_patience"}
 TRAIN_FLAGS = ("epochs", "batch", "accum", "workers", "resolution", "lr", "lr_encoder", "weight_decay",
-               "multi_scale", "expanded_scales", "device", "early_stopping", "patience", "tensorboard", "wandb",
-               "seed", "dataset_dir", "output_dir", "warmup_epochs", "lr_scheduler", "run_test", "use_ema")
+               "multi_scale", "expanded_scales", "relative_scales", "device", "early_stopping", "patience",
+               "tensorboard", "wandb", "seed", "dataset_dir", "output_dir", "warmup_epochs", "lr_scheduler",
+               "run_test", "use_ema")
 MODEL_FLAGS = ("num_queries", "group_detr", "gradient_checkpointing")
 
 
@@ -78,6 +79,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no_amp", action="store_true", help="train in fp32 on CUDA too (CPU always uses fp32)")
     add_bool(parser, "--multi_scale", described("random square scales per step", "multi_scale"))
     add_bool(parser, "--expanded_scales", described("wider range of scales", "expanded_scales"))
+    add_bool(parser, "--relative_scales", described("scales follow the training resolution (0: upstream's sides "
+                                                    "around it, down to 2 blocks)", "relative_scales"))
     add_bool(parser, "--use_ema", described("keep an EMA of the weights and evaluate it too", "use_ema"))
     parser.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: cuda if available)")
     parser.add_argument("--resume", default=None,

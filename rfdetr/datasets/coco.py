@@ -271,12 +271,13 @@ class CocoDetection(Dataset):
 def build_dataset(dataset_dir: str | Path, split: str, *, resolution: int, train: bool | None = None,
                   multi_scale: bool = False, expanded_scales: bool = False,
                   do_random_resize_via_padding: bool = False, patch_size: int | None = None,
-                  num_windows: int | None = None, masks: bool = False,
+                  num_windows: int | None = None, native_resolution: int | None = None, masks: bool = False,
                   generator: torch.Generator | None = None) -> CocoDetection:
     """The ``split`` of ``dataset_dir`` with its transforms (train: flip, resize/crop, square resize).
 
     ``train`` (default: ``split == "train"``) selects the augmenting pipeline; its square sizes
-    come from :func:`train_scales` (``patch_size``/``num_windows`` are needed for multi-scale).
+    come from :func:`train_scales` (``patch_size``/``num_windows`` are needed for multi-scale;
+    ``native_resolution`` scales the set, see :func:`multi_scale_sizes`).
     Otherwise images are resized to ``resolution x resolution``.
     """
     train = split == "train" if train is None else train
@@ -285,7 +286,8 @@ def build_dataset(dataset_dir: str | Path, split: str, *, resolution: int, train
             raise ValueError("multi_scale training needs patch_size and num_windows")
         scales = train_scales(resolution, patch_size or 1, num_windows or 1, multi_scale=multi_scale,
                               expanded_scales=expanded_scales,
-                              do_random_resize_via_padding=do_random_resize_via_padding)
+                              do_random_resize_via_padding=do_random_resize_via_padding,
+                              native_resolution=native_resolution)
         transforms = train_transforms(scales, generator)
     else:
         transforms = eval_transforms(resolution)

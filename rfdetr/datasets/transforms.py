@@ -260,20 +260,28 @@ class NormalizeBoxes:
 
 
 # ---- pipelines ---------------------------------------------------------------------------------
-def multi_scale_sizes(resolution: int, patch_size: int, num_windows: int, expanded: bool = False) -> list[int]:
-    """Square training sides around ``resolution``, all multiples of ``patch_size * num_windows``.
+def multi_scale_sizes(resolution: int, patch_size: int, num_windows: int, expanded: bool = False,
+                      native_resolution: int | None = None) -> list[int]:
+    """Square training sides around ``resolution``, all multiples of ``block = patch_size * num_windows``.
 
-    ``base = resolution // block``; offsets ``-3..+4`` (``-5..+5`` expanded); sides below ``2 * block``
-    are dropped. Nano (384, 16, 2) -> 288..512; expanded 224..544; base (560, 14, 4) -> 392..784.
+    Upstream's set around the native resolution: ``native // block`` blocks with offsets ``-3..+4``
+    (``-5..+5`` expanded), scaled by ``resolution / native`` and rounded to whole blocks; sides below
+    ``2 * block`` are dropped. ``native_resolution=None`` takes ``resolution`` itself, which is
+    upstream's rule at any resolution. Nano (384, 16, 2) -> 288..512; expanded 224..544; base
+    (560, 14, 4) -> 392..784. Nano trained at 192 with native 384 -> 128..256 (upstream: 96..320,
+    expanded 64..352).
     """
     block = patch_size * num_windows
-    base = resolution // block
+    native = native_resolution or resolution
+    scale = resolution / native
     offsets = range(-5, 6) if expanded else range(-3, 5)
-    return [(base + offset) * block for offset in offsets if (base + offset) * block >= 2 * block]
+    blocks = sorted({round((native // block + offset) * scale) for offset in offsets})
+    return [count * block for count in blocks if count >= 2]
 
 
 def train_scales(resolution: int, patch_size: int, num_windows: int, *, multi_scale: bool,
-                 expanded_scales: bool, do_random_resize_via_padding: bool) -> list[int]:
+                 expanded_scales: bool, do_random_resize_via_padding: bool,
+                 native_resolution: int | None = None) -> list[int]:
     """Sides the training SquareResize draws from.
 
     No multi-scale: ``[resolution]``. Multi-scale with per-sample sizes (resize via padding): all
@@ -281,7 +289,7 @@ def train_scales(resolution: int, patch_size: int, num_windows: int, *, multi_sc
     """
     if not multi_scale:
         return [resolution]
-    scales = multi_scale_sizes(resolution, patch_size, num_windows, expanded_scales)
+    scales = multi_scale_sizes(resolution, patch_size, num_windows, expanded_scales, native_resolution)
     return scales if do_random_resize_via_padding else [scales[-1]]
 
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from rfdetr.checkpoint import make_checkpoint, read_checkpoint
 from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.classes import ClassTable
-from rfdetr.config import COCO_MAX_DETECTIONS, RunConfig
+from rfdetr.config import COCO_MAX_DETECTIONS, SIZE_PRESETS, RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.coco import resolve_split_dir
 from rfdetr.datasets.transforms import train_scales
@@ -133,7 +133,7 @@ class Trainer:
                                    expanded_scales=self.config.expanded_scales,
                                    do_random_resize_via_padding=self.config.do_random_resize_via_padding,
                                    patch_size=self.model_config.patch_size, num_windows=self.model_config.num_windows,
-                                   **common),
+                                   native_resolution=self._native_resolution(), **common),
             "valid": build_dataset(self.config.dataset_dir, "valid", train=False, **common),
         }
         if self.config.run_test and _split_exists(self.config.dataset_dir, "test"):
@@ -172,7 +172,11 @@ class Trainer:
             return None
         return train_scales(self.resolution, self.model_config.patch_size, self.model_config.num_windows,
                             multi_scale=True, expanded_scales=self.config.expanded_scales,
-                            do_random_resize_via_padding=True)
+                            do_random_resize_via_padding=True, native_resolution=self._native_resolution())
+
+    def _native_resolution(self) -> int | None:
+        """The resolution the multi-scale set is scaled from: the size's native one (``relative_scales``)."""
+        return SIZE_PRESETS[self.model_config.size]["resolution"] if self.config.relative_scales else None
 
     # ---- the run ------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:

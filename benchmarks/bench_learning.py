@@ -1,0 +1,189 @@
+"""Learning benchmark: how well a short CPU run learns a small dataset, ours side by side with upstream.
+
+Run from the repository root (each run takes about 13 minutes on 2 cores at the defaults)::
+
+    .venv/bin/python benchmarks/bench_learning.py --seeds 0 1 2 --variant defaults= \\
+        --variant no-multi-scale="--multi_scale 0" --json bench_learning.json
+    .venv/bin/python benchmarks/bench_learning.py --upstream-python /path/to/side-venv/bin/python ...
+
+The dataset is generated here (our synthetic generator, seed and classes of its own, not the
+tests'): ``--train-images`` training and ``--valid-images`` validation images of 4 shape classes
+on textured backgrounds, in the Roboflow COCO layout. Every run trains nano from random weights
+(no model hub here) with ``train_detector_stage1.py`` for ``--epochs`` epochs, batch 4, no
+accumulation, at ``--resolution``, with the variant's extra flags and ``--seed``, which seeds the
+model's initialisation as well as the data order.
+
+Upstream (``--upstream-python``: the interpreter of a side venv with ``rfdetr==1.2.1``) trains
+``RFDETRNano(pretrain_weights=None)`` with ``train()`` on the same data and settings, multi-scale
+off (upstream's CPU training fails with it on), from a scratch folder so that ``import rfdetr``
+finds upstream, not this project.
+
+Every run is then scored by the same independent evaluator: this project's ``predict()`` on each
+validation image of ``checkpoint_best_total.pth`` (threshold 0, the 300 selected queries) and
+pycocotools' COCOeval on the validation annotations; both kinds of checkpoint load through the same
+code (upstream files are parity-tested). The table reports box AP and AP50 (mean and spread over
+the seeds) and the wall time of training; per-epoch validation AP50 is printed from each log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rfdetr.datasets import make_synthetic_coco  # noqa: E402
+
+DATA_SEED = 2026  # not a seed any test uses
+CLASSES = ("circle", "square", "triangle", "star")
+
+UPSTREAM_DRIVER = """
+import json, sys
+from rfdetr import RFDETRNano
+settings = json.loads(sys.argv[1])
+model = RFDETRNano(pretrain_weights=None, resolution=settings.pop("resolution"))
+model.train(**settings)
+"""
+
+
+def make_data(folder: Path, train_images: int, valid_images: int, side: int) -> Path:
+    return make_synthetic_coco(folder, seed=DATA_SEED, num_train=train_images, num_valid=valid_images, num_test=0,
+                               image_size=(side, side), classes=CLASSES, max_objects=3)
+
+
+def train_ours(data: Path, run: Path, args: argparse.Namespace, seed: int, flags: list[str]) -> float:
+    command = [sys.executable, str(ROOT / "train_detector_stage1.py"), "--size", "nano", "--pretrain_weights", "none",
+               "--dataset_dir", str(data), "--output_dir", str(run), "--resolution", str(args.resolution),
+               "--epochs", str(args.epochs), "--batch", "4", "--accum", "1", "--seed", str(seed), "--device", "cpu",
+               "--early_stopping", "0", "--run_test", "0", "--tensorboard", "0", *flags]
+    return _timed(command, cwd=ROOT)
+
+
+def train_upstream(python: str, data: Path, run: Path, args: argparse.Namespace, seed: int) -> float:
+    settings = {"resolution": args.resolution, "dataset_dir": str(data), "output_dir": str(run),
+                "epochs": args.epochs, "batch_size": 4, "grad_accum_steps": 1, "multi_scale": False,
+                "device": "cpu", "seed": seed, "early_stopping": False, "tensorboard": False, "wandb": False}
+    with tempfile.TemporaryDirectory() as scratch:  # not the project root: `import rfdetr` is upstream's
+        driver = Path(scratch) / "drive_upstream.py"
+        driver.write_text(UPSTREAM_DRIVER)
+        return _timed([python, str(driver), json.dumps(settings)], cwd=Path(scratch))
+
+
+def _timed(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:3])} ... failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def score(checkpoint: Path, data: Path) -> dict[str, float]:
+    """Box AP / AP50 of ``checkpoint`` on the validation split: predict() + pycocotools."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from rfdetr import RFDETRNano
+
+    model = RFDETRNano(pretrain_weights=checkpoint, device="cpu")
+    annotations = data / "valid" / "_annotations.coco.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(annotations))
+    found = []
+    for image in truth.dataset["images"]:
+        detections = model.predict(str(data / "valid" / image["file_name"]), threshold=0.0)
+        for (x0, y0, x1, y1), score_, category in zip(detections.xyxy, detections.confidence,
+                                                      detections.data["category_id"]):
+            found.append({"image_id": image["id"], "category_id": int(category), "score": float(score_),
+                          "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+    if not found:
+        return {"ap": 0.0, "ap50": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation = COCOeval(truth, truth.loadRes(found), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return {"ap": max(0.0, float(evaluation.stats[0])), "ap50": max(0.0, float(evaluation.stats[1]))}
+
+
+def epoch_ap50(run: Path) -> list[float]:
+    """Per-epoch validation AP50 from our log.txt or upstream's (both write ``test_coco_eval_bbox`` or ours)."""
+    values = []
+    for line in (run / "log.txt").read_text().splitlines():
+        record = json.loads(line)
+        if "valid_bbox_AP50" in record:
+            values.append(record["valid_bbox_AP50"])
+        elif "test_coco_eval_bbox" in record:
+            values.append(record["test_coco_eval_bbox"][1])
+    return values
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, flags = text.partition("=")
+    if not name:
+        raise argparse.ArgumentTypeError(f"--variant NAME=FLAGS, got {text!r}")
+    return name, flags.split()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--resolution", type=int, default=192)
+    parser.add_argument("--train-images", type=int, default=48)
+    parser.add_argument("--valid-images", type=int, default=16)
+    parser.add_argument("--image-side", type=int, default=320, help="side of the generated images")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=None, metavar="NAME=FLAGS",
+                        help="a project run: a name and extra script flags (default: defaults=, the defaults)")
+    parser.add_argument("--upstream-python", default=None, help="python of a side venv with rfdetr==1.2.1")
+    parser.add_argument("--work", default="bench_learning_runs", help="folder for the dataset and the runs")
+    parser.add_argument("--json", default=None, help="write every run's numbers here")
+    args = parser.parse_args(argv)
+
+    work = Path(args.work)
+    data = make_data(work / "data", args.train_images, args.valid_images, args.image_side)
+    runs = [(name, flags) for name, flags in (args.variant or [("defaults", [])])]
+    if args.upstream_python:
+        runs.append(("upstream-1.2.1 (multi-scale off)", None))
+    results = []
+    for name, flags in runs:
+        for seed in args.seeds:
+            run = work / "runs" / f"{name.split()[0]}_seed{seed}"
+            if flags is None:
+                seconds = train_upstream(args.upstream_python, data, run, args, seed)
+            else:
+                seconds = train_ours(data, run, args, seed, flags)
+            scores = score(run / "checkpoint_best_total.pth", data)
+            curve = epoch_ap50(run)
+            results.append({"run": name, "seed": seed, "seconds": seconds, **scores, "epoch_ap50": curve})
+            print(f"{name} seed {seed}: AP {scores['ap']:.3f} AP50 {scores['ap50']:.3f} in {seconds:.0f} s; "
+                  f"per-epoch AP50 {' '.join(f'{v:.2f}' for v in curve)}", flush=True)
+    print("\n| run | box AP | box AP50 | wall time (s) |\n|---|---|---|---|")
+    for name, _ in runs:
+        mine = [r for r in results if r["run"] == name]
+        print(f"| {name} | {_spread([r['ap'] for r in mine])} | {_spread([r['ap50'] for r in mine])} | "
+              f"{statistics.mean(r['seconds'] for r in mine):.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": vars(args) | {"variant": runs}, "runs": results},
+                                              indent=2, default=str))
+    return 0
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
