@@ -157,11 +157,12 @@ def banner(title: str, rows: dict[str, Any]) -> str:
 
 
 class RunInterrupted(Exception):
-    """Ctrl-C (SIGINT) or SIGTERM during a run; the message is the command that continues it."""
+    """A run stopped from outside (Ctrl-C, SIGTERM, another process of a torchrun run died); the message is
+    the command that continues it, ``reason`` says what stopped it and ``exit_code`` is the script's."""
 
-    def __init__(self, command: str, signal_name: str = "SIGINT"):
+    def __init__(self, command: str, reason: str = "SIGINT", exit_code: int = 130):
         super().__init__(command)
-        self.signal_name = signal_name
+        self.reason, self.exit_code = reason, exit_code
 
 
 class Terminated(BaseException):
@@ -191,8 +192,8 @@ def raise_on_sigterm() -> Iterator[None]:
 def run_training(train: Callable[[], Any], metric: str) -> int:
     """A script's exit code for ``train()`` (which returns a ``TrainResult``): 0 when it finished,
     2 for bad input (the message says what to fix), 1 when the loss stopped being finite or the
-    disk is full, 130 on Ctrl-C and 143 on SIGTERM (one line says how to resume; the last checkpoint is
-    intact)."""
+    disk is full or another process of a torchrun run died, 130 on Ctrl-C and 143 on SIGTERM (one line
+    says how to resume; the last checkpoint is intact)."""
     import errno
 
     from rfdetr.checkpoint import CheckpointError
@@ -214,9 +215,9 @@ def run_training(train: Callable[[], Any], metric: str) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except RunInterrupted as interrupted:
-        print(f"interrupted ({interrupted.signal_name}): the last checkpoint is intact; continue with: "
-              f"{interrupted}", file=sys.stderr)
-        return 130 if interrupted.signal_name == "SIGINT" else 143
+        print(f"interrupted ({interrupted.reason}): the last checkpoint is intact; continue with: {interrupted}",
+              file=sys.stderr)
+        return interrupted.exit_code
     if is_main_process():
         print(f"done: best {metric} AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
               f"weights in {result.output_dir}/checkpoint_best_total.pth")

@@ -220,12 +220,27 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
                 path.write_text(json.dumps(summary, indent=2))
         try:
             return trainer.fit()
-        except (KeyboardInterrupt, Terminated) as stop:
+        except KeyboardInterrupt:
+            raise RunInterrupted(_resume_command(script, trainer.output_dir), "SIGINT", 130) from None
+        except Terminated:
+            raise RunInterrupted(_resume_command(script, trainer.output_dir), "SIGTERM", 143) from None
+        except RuntimeError as error:
+            if not _lost_a_peer(error):
+                raise
             raise RunInterrupted(_resume_command(script, trainer.output_dir),
-                                 "SIGINT" if isinstance(stop, KeyboardInterrupt) else "SIGTERM") from None
+                                 f"another process of the run stopped: {str(error).splitlines()[0][:200]}", 1) from None
 
     with raise_on_sigterm():
         return run_training(train, metric)
+
+
+def _lost_a_peer(error: RuntimeError) -> bool:
+    """A collective failed because another process of a torchrun run is gone (its connection dropped)."""
+    from rfdetr.training.distributed import world_size
+
+    text = str(error)
+    return world_size() > 1 and any(sign in text for sign in ("Connection reset by peer", "Connection closed by peer",
+                                                             "Broken pipe", "NCCL communicator was aborted"))
 
 
 def _resume_command(script: str, run_dir: Path) -> str:
