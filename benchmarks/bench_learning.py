@@ -117,7 +117,8 @@ def score(checkpoint: Path, data: Path) -> dict[str, float]:
 
 
 def epoch_ap50(run: Path) -> list[float]:
-    """Per-epoch validation AP50 from our log.txt or upstream's (both write ``test_coco_eval_bbox`` or ours)."""
+    """Per-epoch validation AP50 from a run's log.txt: ours (``valid_bbox_AP50``) or upstream's
+    (``test_coco_eval_bbox``, the 12 COCO numbers; AP50 is the second)."""
     values = []
     for line in (run / "log.txt").read_text().splitlines():
         record = json.loads(line)
