@@ -147,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", type=parse_variant, action="append", default=None, metavar="NAME=FLAGS",
                         help="a project run: a name and extra script flags (default: defaults=, the defaults)")
     parser.add_argument("--upstream-python", default=None, help="python of a side venv with rfdetr==1.2.1")
+    parser.add_argument("--upstream-only", action="store_true", help="run upstream only (no project variant)")
     parser.add_argument("--work", default="bench_learning_runs", help="folder for the dataset and the runs")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     args = parser.parse_args(argv)
 
     work = Path(args.work)
     data = make_data(work / "data", args.train_images, args.valid_images, args.image_side)
-    runs = [(name, flags) for name, flags in (args.variant or [("defaults", [])])]
+    runs = [] if args.upstream_only else list(args.variant or [("defaults", [])])
     if args.upstream_python:
         runs.append(("upstream-1.2.1 (multi-scale off)", None))
     results = []

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,6 +21,9 @@ SIZES: tuple[str, ...] = ("nano", "small", "medium", "base", "large")
 
 # Projector level name -> resampling factor of the stride-`patch_size` ViT maps.
 LEVEL_SCALE = {"P3": 2.0, "P4": 1.0, "P5": 0.5, "P6": 0.25}
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class EncoderSpec(BaseModel):
@@ -225,7 +228,10 @@ class TrainConfig(BaseModel):
     use_ema: bool = True
     ema_decay: float = Field(0.993, ge=0, lt=1)
     ema_tau: float = Field(100.0, ge=0)
-    amp: bool = True  # CUDA only; CPU always trains in fp32
+    amp: bool = True  # with precision "auto": mixed precision on CUDA; False: fp32 there too
+    # "auto": bf16 (else fp16) autocast on CUDA when amp, fp32 elsewhere; "bf16" also on CPUs with
+    # native bf16 (AVX-512 BF16 / AMX); "fp32" everywhere; see rfdetr.util.precision
+    precision: Precision = "auto"
     seed: int = 42
     cls_loss_coef: float = 1.0
     bbox_loss_coef: float = 5.0

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rfdetr.config import DEFAULT_SCRIPT_SIZE, SIZES, MaskConfig, ModelConfig, TrainConfig
+from rfdetr.config import DEFAULT_SCRIPT_SIZE, PRECISIONS, SIZES, MaskConfig, ModelConfig, TrainConfig
 
 # flag -> TrainConfig field, for flags whose names differ from the field
 FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": "num_workers",
@@ -21,7 +21,7 @@ FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": 
 TRAIN_FLAGS = ("epochs", "batch", "accum", "workers", "resolution", "lr", "lr_encoder", "weight_decay",
                "multi_scale", "expanded_scales", "relative_scales", "device", "early_stopping", "patience",
                "tensorboard", "wandb", "seed", "dataset_dir", "output_dir", "warmup_epochs", "lr_scheduler",
-               "run_test", "use_ema")
+               "run_test", "use_ema", "precision")
 MODEL_FLAGS = ("num_queries", "group_detr", "gradient_checkpointing")
 
 
@@ -76,7 +76,10 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
                         help=described("linear warm-up epochs", "warmup_epochs"))
     parser.add_argument("--lr_scheduler", choices=("cosine", "step"), default=None,
                         help=described("learning-rate schedule", "lr_scheduler"))
-    parser.add_argument("--no_amp", action="store_true", help="train in fp32 on CUDA too (CPU always uses fp32)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help=described("compute precision: auto = mixed on CUDA, fp32 elsewhere; bf16 also on CPUs "
+                                       "with AVX-512 BF16 or AMX", "precision"))
+    parser.add_argument("--no_amp", action="store_true", help="train in fp32 on CUDA too (same as --precision fp32)")
     add_bool(parser, "--multi_scale", described("random square scales per step", "multi_scale"))
     add_bool(parser, "--expanded_scales", described("wider range of scales", "expanded_scales"))
     add_bool(parser, "--relative_scales", described("scales follow the training resolution (0: upstream's sides "

@@ -28,6 +28,7 @@ LossFunction = Callable[..., dict[str, torch.Tensor]]
 DEFAULT_LOSSES: tuple[str, ...] = ("labels", "boxes", "cardinality")
 # Exponent of the negative weight p^gamma in IA-BCE (fixed upstream).
 IA_BCE_GAMMA = 2
+REDUCED = (torch.bfloat16, torch.float16)
 
 
 def matched_query_index(indices: Sequence[ImageMatch]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +49,13 @@ def top1_error(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.full([], 100.0, device=logits.device)
     correct = (logits.argmax(-1) == labels).float().sum(0)
     return 100 - correct * (100.0 / labels.shape[0])
+
+
+def in_float32(output_set: dict) -> dict:
+    """``output_set`` with its reduced-precision predictions (an autocast forward's bf16 or fp16) as
+    fp32, so that matching costs and losses are computed in full precision; others pass as they are."""
+    return {key: value.float() if key in ("pred_logits", "pred_boxes") and value.dtype in REDUCED else value
+            for key, value in output_set.items()}
 
 
 def normalising_num_boxes(targets: Sequence[dict], group_detr: int, device: torch.device) -> float:
@@ -161,6 +169,7 @@ class SetCriterion(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         self.last_indices = {}
         for suffix, output_set in self._output_sets(outputs):
+            output_set = in_float32(output_set)
             indices = self.matcher(output_set, targets, group_detr=group_detr)
             self.last_indices[suffix] = indices
             device_indices = [(src.to(device), tgt.to(device)) for src, tgt in indices]

@@ -2,7 +2,7 @@
 
 On x86 CPUs PyTorch's fp32 ``F.linear`` goes through MKL's sgemm, which on some machines (e.g. AMD
 EPYC) runs at about half the rate oneDNN reaches for the same product. :class:`Linear` sends CPU
-fp32 inference (no autograd recording, not tracing/exporting) to oneDNN's linear kernel and
+fp32 inference (no autograd recording, no CPU autocast, not tracing/exporting) to oneDNN's linear kernel and
 everything else to ``F.linear``. Same parameters and state-dict keys as ``nn.Linear``; results
 differ from ``F.linear`` only in float summation order (~1e-6).
 
@@ -52,6 +52,8 @@ def _fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return False  # the oneDNN op has no backward
+    if torch.is_autocast_enabled("cpu"):
+        return False  # F.linear follows the autocast dtype; the oneDNN op would compute in fp32
     return not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
                 or torch.compiler.is_compiling()) and 2 <= x.dim() <= 3
 

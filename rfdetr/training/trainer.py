@@ -47,6 +47,7 @@ from rfdetr.training.engine import NonFiniteLossError, StepSettings, evaluate, t
 from rfdetr.training.optim import build_optimizer, build_scheduler
 from rfdetr.training.reporting import RunReporter, metric_scalars
 from rfdetr.util.device import resolve_device
+from rfdetr.util.precision import autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -69,13 +70,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_for(device: torch.device, amp: bool):
-    """(autocast context factory, GradScaler or None): bf16 (or fp16 + scaler) on CUDA, fp32 elsewhere."""
-    if not (amp and device.type == "cuda"):
+def autocast_for(device: torch.device, precision: str, amp: bool = True):
+    """(autocast context factory, GradScaler or None) for ``precision`` on ``device`` (see
+    :func:`rfdetr.util.precision.autocast_dtype`); ``amp=False`` turns ``"auto"`` into fp32."""
+    dtype = autocast_dtype("fp32" if precision == "auto" and not amp else precision, device)
+    if dtype is None:
         return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return functools.partial(torch.autocast, device_type="cuda", dtype=dtype), scaler
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
 
 
 class Trainer:
@@ -91,6 +93,7 @@ class Trainer:
         self.select_on = "segm" if self.masks else "bbox"
         self.classes = classes
         self.device = resolve_device(config.device)
+        self.autocast, self.scaler = autocast_for(self.device, config.precision, config.amp)
         self.distributed = dist.init_distributed(self.device)
         self.output_dir = Path(config.output_dir)
         self.resolution = config.resolution or run.model.resolution
@@ -114,7 +117,6 @@ class Trainer:
         self.steps_per_epoch = max(1, min(steps, config.max_steps_per_epoch or steps))
         self.optimizer = build_optimizer(unwrap(self.model).named_parameters(), model_config, config)
         self.scheduler = build_scheduler(self.optimizer, self.steps_per_epoch, config)
-        self.autocast, self.scaler = autocast_for(self.device, config.amp)
         self.postprocess = PostProcess(model_config.num_select)
         self.stopper = EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
         self.best = {"regular": -1.0, "ema": -1.0}
