@@ -23,6 +23,7 @@ from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.mask_postprocess import PostProcessMasks
 from rfdetr.util.device import resolve_device
+from rfdetr.util.precision import inference_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ class RFDETR:
     pretrain_weights: a table name (``"rf-detr-nano.pth"``, downloaded if needed), a file path, or
     ``None`` for random weights; default: the size's COCO checkpoint. ``num_classes`` /
     ``class_names``: the classes to have (default: the checkpoint's); ``masks`` / ``mask_head``:
-    wrap with a mask head (default: when the checkpoint has one). Other keyword arguments are
-    :class:`~rfdetr.config.ModelConfig` fields (unknown ones raise).
+    wrap with a mask head (default: when the checkpoint has one). ``dtype``: ``"float32"`` or
+    ``"bfloat16"`` (predict under a bf16 autocast; on CUDA with bf16 and on CPUs with AVX-512 BF16 or
+    AMX, an error elsewhere). Other keyword arguments are :class:`~rfdetr.config.ModelConfig` fields
+    (unknown ones raise).
     """
 
     size: ClassVar[str | None] = None
@@ -44,7 +47,7 @@ class RFDETR:
     def __init__(self, size: str | None = None, *, pretrain_weights: Any = _DEFAULT, num_classes: int | None = None,
                  class_names: Sequence[str] | None = None, device: str | torch.device | None = None,
                  pretrain_exclude_keys: Sequence[str] = (), masks: bool | None = None, mask_head: str | None = None,
-                 **config_overrides: Any):
+                 dtype: str | torch.dtype = "float32", **config_overrides: Any):
         size = size or self.size
         if size is None:
             raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
@@ -57,6 +60,8 @@ class RFDETR:
                                     class_names=class_names, exclude=list(pretrain_exclude_keys), masks=masks,
                                     mask_head=mask_head, config_overrides=config_overrides)
         self.device = resolve_device(device)
+        self.dtype = dtype
+        self._autocast = inference_autocast(dtype, self.device)  # refuses a dtype the device lacks, early
         self._load(**self._load_arguments)
 
     def _load(self, **arguments: Any) -> None:
@@ -85,7 +90,9 @@ class RFDETR:
         check_threshold(threshold)
         batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
         self.model.eval()
-        outputs = self.model(batch)
+        with self._autocast():
+            outputs = self.model(batch)
+        outputs = {k: v.float() if k in ("pred_logits", "pred_boxes") else v for k, v in outputs.items()}
         if self.masks:  # masks only for the detections above the threshold
             results = self.postprocess_masks(outputs, sizes, self.classes.class_rows,
                                              score_threshold=threshold)
@@ -116,6 +123,7 @@ class RFDETR:
         stage = "detector" if not self.masks else "masks" if self.mask_config.frozen_detector else "joint"
         if config.device:
             self.device = resolve_device(config.device)
+            self._autocast = inference_autocast(self.dtype, self.device)
         if classes != self.classes:  # a frozen detector must already know every class of the dataset
             self._load(**{**self._load_arguments, "class_names": classes, "num_classes": None,
                           "require_trained_heads": stage == "masks"})

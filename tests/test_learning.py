@@ -81,3 +81,29 @@ def test_stage2_mask_head_on_the_frozen_detector_learns_masks(fitted):
         separate_pairs += int(disjoint.sum())
         assert (masks_iou[disjoint] < 0.2).all(), masks_iou[disjoint]
     assert separate_pairs > 0
+
+
+def test_bf16_inference_finds_what_fp32_finds(fitted):
+    """dtype="bfloat16" on the trained detector: every confident fp32 detection has a bf16 one of the
+    same class on the same object (IoU >= 0.9, score within 0.05). Refused on a CPU without bf16."""
+    from rfdetr import RFDETRNano
+    from rfdetr.util.precision import PrecisionUnavailable, cpu_has_bf16
+
+    root, data, _, _ = fitted
+    weights = root / "stage1" / "checkpoint_best_total.pth"
+    if not cpu_has_bf16():
+        with pytest.raises(PrecisionUnavailable):
+            RFDETRNano(pretrain_weights=weights, device="cpu", dtype="bfloat16")
+        return
+    paths = [str(p) for p in sorted((data / "valid").glob("*.jpg"))]
+    full = RFDETRNano(pretrain_weights=weights, device="cpu").predict(paths, threshold=0.5)
+    half = RFDETRNano(pretrain_weights=weights, device="cpu", dtype="bfloat16").predict(paths, threshold=0.3)
+    compared = 0
+    for ours, theirs in zip(full, half):
+        iou = box_iou(torch.from_numpy(ours.xyxy), torch.from_numpy(theirs.xyxy))
+        for i in range(len(ours)):
+            j = int(iou[i].argmax())
+            assert iou[i, j] >= 0.9 and theirs.class_id[j] == ours.class_id[i], (i, iou[i])
+            assert abs(theirs.confidence[j] - ours.confidence[i]) <= 0.05
+            compared += 1
+    assert compared >= len(paths)

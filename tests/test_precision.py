@@ -3,6 +3,7 @@ refusal on CPUs without native bf16 (simulated), and a bf16 training run on this
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,3 +118,20 @@ def _trainer(data, output_dir, **overrides) -> Trainer:
                         **overrides)
     return Trainer(build_detector(config), RunConfig(stage="detector", model=config, train=train),
                    dataset_classes(data))
+
+
+def test_the_wrappers_take_a_dtype_and_refuse_what_the_cpu_lacks(simulated_cpu):
+    from rfdetr import RFDETRNano
+
+    simulated_cpu(AVX2_FLAGS)
+    with pytest.raises(PrecisionUnavailable, match="use precision fp32"):
+        RFDETRNano(pretrain_weights=None, num_classes=2, device="cpu", dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'bfloat16'"):
+        RFDETRNano(pretrain_weights=None, num_classes=2, device="cpu", dtype="float16")
+    simulated_cpu(ZEN4_FLAGS)
+    model = RFDETRNano(pretrain_weights=None, num_classes=2, device="cpu", dtype=torch.bfloat16)
+    seen = []
+    model.model.class_embed.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    detections = model.predict(torch.rand(3, 64, 80), threshold=0.0)
+    assert seen == [torch.bfloat16] and detections.xyxy.dtype.name == "float32"
+    assert len(detections) == model.config.num_select and np.isfinite(detections.xyxy).all()

@@ -8,6 +8,7 @@ fp16 with a gradient scaler), fp32 on every other device.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -69,3 +70,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             "this CPU has no native bf16 arithmetic (neither AVX-512 BF16 nor AMX in /proc/cpuinfo's flags), "
             "so bf16 would run slower than fp32: use precision fp32")
     return torch.bfloat16
+
+
+INFERENCE_DTYPES = {"float32": None, "fp32": None, "bfloat16": "bf16", "bf16": "bf16"}
+
+
+def inference_autocast(dtype: str | torch.dtype, device: torch.device):
+    """A context-manager factory for inference in ``dtype`` (``"float32"`` or ``"bfloat16"``) on
+    ``device``: plain fp32, or a bf16 autocast (weights stay fp32; matmuls and convolutions run in
+    bf16). Raises :class:`PrecisionUnavailable` where the device has no native bf16."""
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(dtype, dtype)
+    if name not in INFERENCE_DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    lowered = autocast_dtype(INFERENCE_DTYPES[name] or "fp32", device)
+    if lowered is None:
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=device.type, dtype=lowered)
