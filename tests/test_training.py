@@ -64,7 +64,7 @@ def test_parameter_groups_follow_layer_decay_and_are_grouped():
 
 
 def test_lr_schedule_warmup_cosine_and_step():
-    config = TrainConfig(epochs=10, warmup_epochs=1)
+    config = TrainConfig(epochs=10, warmup_epochs=1, lr_scheduler="cosine")
     assert lr_factor(0, steps_per_epoch=4, train_config=config) == 0.0
     assert lr_factor(2, steps_per_epoch=4, train_config=config) == 0.5
     assert lr_factor(4, steps_per_epoch=4, train_config=config) == 1.0
