@@ -18,6 +18,9 @@ Upstream (``--upstream-python``: the interpreter of a side venv with ``rfdetr==1
 off (upstream's CPU training fails with it on), from a scratch folder so that ``import rfdetr``
 finds upstream, not this project.
 
+With ``--mask-epochs M`` each project run goes on to stage 2 (``train_seg_stage2.py`` on its best
+detector, ``--mask-flags`` for extra flags), scored the same way with COCOeval ``segm``.
+
 Every run is then scored by the same independent evaluator: this project's ``predict()`` on each
 validation image of ``checkpoint_best_total.pth`` (threshold 0, the 300 selected queries) and
 pycocotools' COCOeval on the validation annotations; both kinds of checkpoint load through the same
@@ -70,6 +73,15 @@ def train_ours(data: Path, run: Path, args: argparse.Namespace, seed: int, flags
     return _timed(command, cwd=ROOT)
 
 
+def train_masks(data: Path, run: Path, masks: Path, args: argparse.Namespace, seed: int) -> float:
+    """Stage 2 on the frozen best detector of ``run`` (the project's script, its defaults)."""
+    command = [sys.executable, str(ROOT / "train_seg_stage2.py"), "--size", "nano", "--stage1_run", str(run),
+               "--dataset_dir", str(data), "--output_dir", str(masks), "--epochs", str(args.mask_epochs), "--batch", "4", "--accum", "1",
+               "--resolution", str(args.resolution), "--seed", str(seed), "--device", "cpu", "--early_stopping", "0",
+               "--run_test", "0", "--tensorboard", "0", *args.mask_flags.split()]
+    return _timed(command, cwd=ROOT)
+
+
 def train_upstream(python: str, data: Path, run: Path, args: argparse.Namespace, seed: int) -> float:
     settings = {"resolution": args.resolution, "dataset_dir": str(data), "output_dir": str(run),
                 "epochs": args.epochs, "batch_size": 4, "grad_accum_steps": 1, "multi_scale": False,
@@ -88,8 +100,10 @@ def _timed(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def score(checkpoint: Path, data: Path) -> dict[str, float]:
-    """Box AP / AP50 of ``checkpoint`` on the validation split: predict() + pycocotools."""
+def score(checkpoint: Path, data: Path, iou_type: str = "bbox") -> dict[str, float]:
+    """AP / AP50 (``bbox``, or ``segm`` for a checkpoint with a mask head) of ``checkpoint`` on the
+    validation split: predict() + pycocotools."""
+    from pycocotools import mask as mask_util
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -102,28 +116,30 @@ def score(checkpoint: Path, data: Path) -> dict[str, float]:
     found = []
     for image in truth.dataset["images"]:
         detections = model.predict(str(data / "valid" / image["file_name"]), threshold=0.0)
-        for (x0, y0, x1, y1), score_, category in zip(detections.xyxy, detections.confidence,
-                                                      detections.data["category_id"]):
+        for index, ((x0, y0, x1, y1), score_, category) in enumerate(zip(
+                detections.xyxy, detections.confidence, detections.data["category_id"])):
             found.append({"image_id": image["id"], "category_id": int(category), "score": float(score_),
                           "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+            if iou_type == "segm":
+                found[-1]["segmentation"] = mask_util.encode(np.asfortranarray(detections.mask[index], np.uint8))
     if not found:
         return {"ap": 0.0, "ap50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
-        evaluation = COCOeval(truth, truth.loadRes(found), "bbox")
+        evaluation = COCOeval(truth, truth.loadRes(found), iou_type)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
     return {"ap": max(0.0, float(evaluation.stats[0])), "ap50": max(0.0, float(evaluation.stats[1]))}
 
 
-def epoch_ap50(run: Path) -> list[float]:
-    """Per-epoch validation AP50 from a run's log.txt: ours (``valid_bbox_AP50``) or upstream's
-    (``test_coco_eval_bbox``, the 12 COCO numbers; AP50 is the second)."""
+def epoch_ap50(run: Path, iou_type: str = "bbox") -> list[float]:
+    """Per-epoch validation AP50 from a run's log.txt: ours (``valid_bbox_AP50`` / ``valid_segm_AP50``)
+    or upstream's (``test_coco_eval_bbox``, the 12 COCO numbers; AP50 is the second)."""
     values = []
     for line in (run / "log.txt").read_text().splitlines():
         record = json.loads(line)
-        if "valid_bbox_AP50" in record:
-            values.append(record["valid_bbox_AP50"])
+        if f"valid_{iou_type}_AP50" in record:
+            values.append(record[f"valid_{iou_type}_AP50"])
         elif "test_coco_eval_bbox" in record:
             values.append(record["test_coco_eval_bbox"][1])
     return values
@@ -148,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a project run: a name and extra script flags (default: defaults=, the defaults)")
     parser.add_argument("--upstream-python", default=None, help="python of a side venv with rfdetr==1.2.1")
     parser.add_argument("--upstream-only", action="store_true", help="run upstream only (no project variant)")
+    parser.add_argument("--mask-epochs", type=int, default=0,
+                        help="then train stage 2 on each project run's best detector for this many epochs and "
+                             "score mask AP (default 0: detector only)")
+    parser.add_argument("--mask-flags", default="", help="extra train_seg_stage2.py flags (one string)")
     parser.add_argument("--work", default="bench_learning_runs", help="folder for the dataset and the runs")
     parser.add_argument("--json", default=None, help="write every run's numbers here")
     args = parser.parse_args(argv)
@@ -170,11 +190,24 @@ def main(argv: list[str] | None = None) -> int:
             results.append({"run": name, "seed": seed, "seconds": seconds, **scores, "epoch_ap50": curve})
             print(f"{name} seed {seed}: AP {scores['ap']:.3f} AP50 {scores['ap50']:.3f} in {seconds:.0f} s; "
                   f"per-epoch AP50 {' '.join(f'{v:.2f}' for v in curve)}", flush=True)
-    print("\n| run | box AP | box AP50 | wall time (s) |\n|---|---|---|---|")
+            if args.mask_epochs and flags is not None:
+                masks = run.with_name(run.name + "_masks")
+                mask_seconds = train_masks(data, run, masks, args, seed)
+                segm = score(masks / "checkpoint_best_total.pth", data, "segm")
+                results[-1].update({"mask_seconds": mask_seconds, "mask_ap": segm["ap"], "mask_ap50": segm["ap50"],
+                                    "epoch_mask_ap50": epoch_ap50(masks, "segm")})
+                print(f"  stage 2: mask AP {segm['ap']:.3f} AP50 {segm['ap50']:.3f} in {mask_seconds:.0f} s; "
+                      f"per-epoch mask AP50 {' '.join(f'{v:.2f}' for v in results[-1]['epoch_mask_ap50'])}",
+                      flush=True)
+    print("\n| run | box AP | box AP50 | wall time (s) | mask AP | mask AP50 | stage-2 wall time (s) |\n"
+          "|---|---|---|---|---|---|---|")
     for name, _ in runs:
         mine = [r for r in results if r["run"] == name]
+        masks = [r for r in mine if "mask_ap" in r]
+        stage2 = (f"{_spread([r['mask_ap'] for r in masks])} | {_spread([r['mask_ap50'] for r in masks])} | "
+                  f"{statistics.mean(r['mask_seconds'] for r in masks):.0f}") if masks else "| |"
         print(f"| {name} | {_spread([r['ap'] for r in mine])} | {_spread([r['ap50'] for r in mine])} | "
-              f"{statistics.mean(r['seconds'] for r in mine):.0f} |")
+              f"{statistics.mean(r['seconds'] for r in mine):.0f} | {stage2} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": vars(args) | {"variant": runs}, "runs": results},
                                               indent=2, default=str))
