@@ -4,7 +4,8 @@ Run from the repository root (on a quiet machine; all five sizes take several mi
 
     .venv/bin/python benchmarks/bench_inference.py --threads 2 --warmup 3 --runs 10 --json bench.json
 
-For each size at its native resolution: eval mode, batch 1, fp32, ``torch.set_num_threads(N)``.
+For each size at its native resolution: eval mode, batch 1, ``torch.set_num_threads(N)``, in each
+precision of ``--dtypes`` (``float32``; ``bfloat16``: the bf16 autocast of ``dtype="bfloat16"``).
 Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
@@ -27,6 +28,7 @@ evicted its data from the caches.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -41,12 +43,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
 from rfdetr.models.linear import onednn_linear
+from rfdetr.util.precision import cpu_flags, cpu_has_bf16, inference_autocast
 from rfdetr.util.weight_fill import fill_model_
 
 # The worker prints its result on one line with this prefix, so stray prints from the model
 # code or libraries on stdout cannot be mistaken for the result.
 RESULT_PREFIX = "BENCH_RESULT "
 PROBE_N = 2048  # matmul probe side: large enough to reach the BLAS steady-state rate
+CPU_FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def make_input(resolution: int, kind: str) -> torch.Tensor:
@@ -84,11 +88,20 @@ def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     rate = lambda ms: 2 * PROBE_N**3 / 1e9 / (ms / 1e3)  # noqa: E731
     rates = {"torch": rate(statistics.median(timed_ms(lambda: torch.matmul(a, b, out=out), warmup, runs)))}
     rates["onednn"] = 0.0
+    rates["bf16"] = 0.0
+    if cpu_has_bf16():  # torch's bf16 matmul (oneDNN/AMX on CPUs that have them)
+        a16, b16, out16 = a.bfloat16(), b.bfloat16(), out.bfloat16()
+        rates["bf16"] = rate(statistics.median(timed_ms(lambda: torch.matmul(a16, b16, out=out16), warmup, runs)))
     if _KERNEL is not None:
         with torch.inference_mode():
             rates["onednn"] = rate(statistics.median(timed_ms(lambda: _KERNEL(a, b, None, "none", [], ""),
                                                               warmup, runs)))
     return rates
+
+
+def forward_in(autocast, model: torch.nn.Module, x: torch.Tensor):
+    with autocast():
+        return model(x)
 
 
 def worker(size: str, args: argparse.Namespace) -> dict:
@@ -104,8 +117,9 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     # fails when they were taken under inference/no-grad mode.
     model = fill_model_(build_detector(config), seed=0).eval().requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
+    autocast = inference_autocast(args.dtype, torch.device("cpu"))
     with torch.inference_mode():
-        times = timed_ms(lambda: model(x), args.warmup, args.runs)
+        times = timed_ms(functools.partial(forward_in, autocast, model, x), args.warmup, args.runs)
     rss_after = proc.memory_info().rss
     # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
@@ -120,9 +134,9 @@ def worker(size: str, args: argparse.Namespace) -> dict:
 
     median_ms = statistics.median(times)
     achieved = gflop / (median_ms / 1e3)
-    best_probe = max(probe.values())
+    best_probe = max(probe["torch"], probe["onednn"])
     return {
-        "size": size, "resolution": config.resolution, "threads": torch.get_num_threads(),
+        "size": size, "dtype": args.dtype, "bf16_probe_gflops": probe["bf16"], "resolution": config.resolution, "threads": torch.get_num_threads(),
         "input": args.input, "warmup": args.warmup, "runs": args.runs,
         "params_m": params / 1e6, "gflop": gflop, "times_ms": times,
         "median_ms": median_ms, "min_ms": min(times), "max_ms": max(times),
@@ -214,7 +228,7 @@ def predict_table(r: dict) -> str:
 
 def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worker") -> dict:
     """Run one size in a fresh interpreter so that its peak RSS is its own, not a predecessor's."""
-    cmd = [sys.executable, __file__, mode, size, "--threads", str(args.threads),
+    cmd = [sys.executable, __file__, mode, size, "--threads", str(args.threads), "--_dtype", args.dtype,
            "--warmup", str(args.warmup), "--runs", str(args.runs), "--input", args.input]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -226,14 +240,16 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 
 
 def markdown_table(results: list[dict]) -> str:
-    header = ["size", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
+    header = ["size", "dtype", "vs fp32", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
               "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
-              "vs best probe", "peak RSS (MB)"]
-    rows = [[r["size"], str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
+              "vs best fp32 probe", "bf16 probe GFLOP/s", "peak RSS (MB)"]
+    fp32 = {r["size"]: r["median_ms"] for r in results if r["dtype"] == "float32"}
+    rows = [[r["size"], r["dtype"], f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
+             str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
              f"{r['onednn_probe_gflops']:.1f}", f"{r['efficiency_vs_best']:.1%}",
-             f"{r['peak_rss_mb']:.0f}"] for r in results]
+             f"{r['bf16_probe_gflops']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in results]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -252,7 +268,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--predict_size", choices=SIZES, default="nano",
                         help="size for the end-to-end predict() timing (default: nano)")
     parser.add_argument("--skip_predict", action="store_true", help="skip the end-to-end predict() timing")
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
+                        help="precisions to measure each size in (bfloat16: a bf16 autocast, as "
+                             "RFDETR*(dtype='bfloat16'); needs a CPU with AVX-512 BF16 or AMX)")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
+    parser.add_argument("--_dtype", dest="dtype", default="float32", help=argparse.SUPPRESS)
     # Internal: run a single size in this process and print its result as one JSON line.
     parser.add_argument("--_worker", metavar="SIZE", choices=SIZES, help=argparse.SUPPRESS)
     parser.add_argument("--_predict_worker", metavar="SIZE", choices=SIZES, help=argparse.SUPPRESS)
@@ -272,10 +292,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = []
     for size in args.sizes:
-        print(f"benchmarking {size} ...", file=sys.stderr, flush=True)
-        results.append(run_in_subprocess(size, args))
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1, fp32, eval, "
-          f"input={args.input}, {args.warmup} warm-up + {args.runs} timed runs\n")
+        for dtype in args.dtypes:
+            print(f"benchmarking {size} in {dtype} ...", file=sys.stderr, flush=True)
+            results.append(run_in_subprocess(size, argparse.Namespace(**{**vars(args), "dtype": dtype})))
+    flags = " ".join(sorted(cpu_flags() & set(CPU_FLAGS_OF_INTEREST))) or "none of " + " ".join(CPU_FLAGS_OF_INTEREST)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch 1, eval, input={args.input}, "
+          f"{args.warmup} warm-up + {args.runs} timed runs; CPU flags: {flags}\n")
     print(markdown_table(results))
     report = {"model": results}
     if not args.skip_predict:
