@@ -138,17 +138,19 @@ class RFDETR:
         return result
 
     def export(self, output_dir: str | os.PathLike = "output", *, batch_size: int = 1, opset: int = 17,
-               verify: bool = True):
+               verify: bool = True, quantize: str | None = None):
         """Write ``<output_dir>/inference_model.onnx`` (inputs ``images``; outputs ``boxes``, ``logits``,
         and ``masks``, ``mask_queries`` for a model with a mask head).
 
         With ``verify`` the exported model is run with ONNX Runtime on a real photo and compared with
-        PyTorch (max |logit difference| <= 1e-4). Returns the path.
+        PyTorch (max |logit difference| <= 1e-4). ``quantize="int8"`` also writes
+        ``inference_model_int8.onnx`` (int8 MatMul/Gemm weights, dynamic activation quantization) and
+        returns that path; :class:`~rfdetr.export.ONNXDetector` runs either file. Returns the path.
         """
         from rfdetr.export import export_onnx
 
         return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
-                           verify=verify)
+                           verify=verify, quantize=quantize)
 
 
 class RFDETRNano(RFDETR):

@@ -31,6 +31,8 @@ from rfdetr.models import PostProcess
 logger = logging.getLogger(__name__)
 
 ONNX_FILE = "inference_model.onnx"
+INT8_ONNX_FILE = "inference_model_int8.onnx"
+QUANTIZATIONS = ("int8",)
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["boxes", "logits"]
 VERIFY_LOGITS_ATOL = 1e-4
@@ -65,10 +67,15 @@ class _ExportForward(nn.Module):
 
 
 def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, output_dir: str | os.PathLike, *,
-                batch_size: int = 1, opset: int = 17, verify: bool = True) -> Path:
-    """Export ``detector`` to ``<output_dir>/inference_model.onnx``; optionally verify it with ONNX Runtime."""
+                batch_size: int = 1, opset: int = 17, verify: bool = True, quantize: str | None = None) -> Path:
+    """Export ``detector`` to ``<output_dir>/inference_model.onnx``; optionally verify it with ONNX Runtime.
+
+    ``quantize="int8"`` also writes ``inference_model_int8.onnx`` (see :func:`quantize_int8`) and
+    returns that path."""
     import onnx
 
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
     output = Path(output_dir) / ONNX_FILE
     output.parent.mkdir(parents=True, exist_ok=True)
     side = config.resolution
@@ -99,6 +106,29 @@ def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, o
     if verify:
         difference = verify_onnx(output, wrapper, side, batch_size)
         logger.info("ONNX Runtime vs PyTorch: max |logit difference| %.2e", difference)
+    if quantize == "int8":
+        return quantize_int8(output, output.with_name(INT8_ONNX_FILE))
+    return output
+
+
+def quantize_int8(source: Path, output: Path) -> Path:
+    """Write ``source`` with int8 weights and dynamically quantized activations (ONNX Runtime's
+    ``quantize_dynamic``) for its MatMul and Gemm nodes, which carry nearly all of the FLOPs;
+    everything else (attention sampling, normalisation, heads' activations) stays fp32. The rfdetr
+    metadata is copied, so :class:`ONNXDetector` runs the file like the fp32 one."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    temporary = output.with_suffix(".onnx.tmp")
+    quantize_dynamic(str(source), str(temporary), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    proto = onnx.load(str(temporary))
+    known = {entry.key for entry in proto.metadata_props}
+    for entry in onnx.load(str(source), load_external_data=False).metadata_props:
+        if entry.key not in known:
+            proto.metadata_props.add(key=entry.key, value=entry.value)
+    onnx.save(proto, str(temporary))
+    os.replace(temporary, output)
+    logger.info("quantized %s -> %s (int8 weights, dynamic int8 activations for MatMul/Gemm)", source, output)
     return output
 
 

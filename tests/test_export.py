@@ -63,3 +63,22 @@ def test_mask_model_exports_masks_that_onnx_runtime_reproduces(tmp_path):
     assert ours.mask.shape == (len(ours), *photo.shape[:2]) and len(theirs) == len(ours)
     np.testing.assert_allclose(theirs.confidence, ours.confidence, atol=1e-4)
     assert (theirs.mask != ours.mask).mean() < 1e-3  # pixels on the 0-logit edge may flip
+
+
+def test_int8_export_quantizes_the_matmuls_and_runs_in_onnx_detector(exported, tmp_path):
+    from rfdetr.export import quantize_int8
+
+    model, path = exported
+    int8 = quantize_int8(path, tmp_path / "inference_model_int8.onnx")
+    graph = onnx.load(str(int8)).graph
+    kinds = {node.op_type for node in graph.node}
+    assert "MatMulInteger" in kinds or "DynamicQuantizeLinear" in kinds  # int8 products, not fp32 MatMul only
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(int(np.prod(t.dims)) for t in int8_weights) > 0.5 * sum(p.numel() for p in model.model.parameters())
+    assert int8.stat().st_size < 0.5 * path.stat().st_size
+    runtime = ONNXDetector(int8)  # the rfdetr metadata came along
+    assert runtime.class_names == model.class_names and runtime.resolution == 384
+    assert len(runtime.predict(skimage.data.astronaut(), threshold=0.0)) == model.config.num_select
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError, match="quantize must be one of int8"):
+        model.export(tmp_path / "other", quantize="int4")

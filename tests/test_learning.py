@@ -107,3 +107,23 @@ def test_bf16_inference_finds_what_fp32_finds(fitted):
             assert abs(theirs.confidence[j] - ours.confidence[i]) <= 0.05
             compared += 1
     assert compared >= len(paths)
+
+
+def test_int8_onnx_finds_what_fp32_finds(fitted, tmp_path):
+    """The int8 ONNX model of the trained detector finds each confident fp32 detection: same class,
+    IoU >= 0.8 (dynamic activation quantization moves boxes by a pixel or two at 128 px)."""
+    from rfdetr import RFDETRNano
+    from rfdetr.export import ONNXDetector
+
+    root, data, _, _ = fitted
+    model = RFDETRNano(pretrain_weights=root / "stage1" / "checkpoint_best_total.pth", device="cpu")
+    runtime = ONNXDetector(model.export(tmp_path, quantize="int8"))
+    paths = [str(p) for p in sorted((data / "valid").glob("*.jpg"))]
+    compared = 0
+    for ours, theirs in zip(model.predict(paths, threshold=0.5), runtime.predict(paths, threshold=0.2)):
+        iou = box_iou(torch.from_numpy(ours.xyxy), torch.from_numpy(theirs.xyxy))
+        for i in range(len(ours)):
+            j = int(iou[i].argmax())
+            assert iou[i, j] >= 0.8 and theirs.class_id[j] == ours.class_id[i], (i, iou[i])
+            compared += 1
+    assert compared >= len(paths)
