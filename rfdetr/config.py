@@ -255,7 +255,9 @@ class TrainConfig(BaseModel):
     device: str | None = None  # None: cuda, else mps, else cpu
     resume: str | None = None
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for quick runs and tests
-    progress_bar: bool = True
+    progress_bar: bool = True  # False: no progress output at all (progress "none")
+    # "auto": a bar on a terminal, else a line every ~30 s and one per epoch; "bar", "line", "none"
+    progress: Literal["auto", "bar", "line", "none"] = "auto"
 
 
 # The size a training script builds when --size is not given (stage 2 takes its detector's).

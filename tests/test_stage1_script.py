@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -27,17 +28,24 @@ def test_flags_map_onto_train_config_fields_only_when_given():
         stage1_parser().parse_args(["--multi_scale", "maybe"])
 
 
-def test_script_trains_into_the_next_free_run_folder(tmp_path, monkeypatch, capsys):
+def test_script_trains_into_the_next_free_run_folder(tmp_path, monkeypatch, capsys, caplog):
     data = make_synthetic_coco(tmp_path / "dataset", seed=1, num_train=4, num_valid=2, num_test=0,
                                image_size=(96, 96))
     monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
     (tmp_path / "runs" / "detector_nano_128_1").mkdir(parents=True)
     code = train_detector_stage1.main([
-        "--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), "--epochs", "1", "--batch", "2",
+        "--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), "--epochs", "2", "--batch", "2",
         "--accum", "1", "--resolution", "128", "--num_queries", "20", "--group_detr", "1", "--multi_scale", "0",
         "--workers", "0", "--device", "cpu", "--tensorboard", "0"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
+    # Not a terminal: no progress-bar frames, one summary line per epoch.
+    assert "\r" not in captured.err and "it/s" not in captured.err and "step/s" not in captured.err
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [m.split(" (")[0] for m in summaries] == ["epoch 0/1", "epoch 1/1"], summaries
+    assert all("bbox AP50" in m and "train loss" in m for m in summaries)
     run = tmp_path / "runs" / "detector_nano_128_2"
     assert "RT-DETR-Seg stage 1" in out and "effective batch" in out and str(Path("runs/detector_nano_128_2")) in out
     assert (run / "checkpoint_best_total.pth").is_file() and (run / "log.txt").is_file()

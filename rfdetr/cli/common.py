@@ -21,7 +21,7 @@ FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": 
 TRAIN_FLAGS = ("epochs", "batch", "accum", "workers", "resolution", "lr", "lr_encoder", "weight_decay",
                "multi_scale", "expanded_scales", "relative_scales", "device", "early_stopping", "patience",
                "tensorboard", "wandb", "seed", "dataset_dir", "output_dir", "warmup_epochs", "lr_scheduler",
-               "run_test", "use_ema", "precision")
+               "run_test", "use_ema", "precision", "progress")
 MODEL_FLAGS = ("num_queries", "group_detr", "gradient_checkpointing")
 
 
@@ -79,6 +79,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
                         help=described("compute precision: auto = mixed on CUDA, fp32 elsewhere; bf16 also on CPUs "
                                        "with AVX-512 BF16 or AMX", "precision"))
+    parser.add_argument("--progress", choices=("auto", "bar", "line", "none"), default=None,
+                        help=described("progress output: a bar on a terminal, else a line per epoch (and every "
+                                       "~30 s in long epochs)", "progress"))
     parser.add_argument("--no_amp", action="store_true", help="train in fp32 on CUDA too (same as --precision fp32)")
     add_bool(parser, "--multi_scale", described("random square scales per step", "multi_scale"))
     add_bool(parser, "--expanded_scales", described("wider range of scales", "expanded_scales"))

@@ -19,6 +19,7 @@ from torch import nn
 from rfdetr.datasets.collate import random_scale, resize_batch
 from rfdetr.training.distributed import all_reduce_mean, is_main_process
 from rfdetr.training.optim import base_lr
+from rfdetr.training.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class StepSettings:
     scales: list[int] | None = None  # per-step batch resize sides (multi-scale); None: keep the size
     generator: torch.Generator = field(default_factory=torch.Generator)
     max_steps: int | None = None
-    progress_bar: bool = True
+    progress: str = "auto"  # rfdetr.training.progress modes
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,16 +72,13 @@ class _Meters:
 
 def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int) -> dict[str, float]:
     """Train for one pass over ``loader`` (or ``max_steps`` optimizer steps); returns mean losses."""
-    from tqdm.auto import tqdm
-
     model.train()
     settings.criterion.train()
     optimizer, accum = settings.optimizer, settings.grad_accum_steps
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     steps_in_loader = len(loader) // accum
     total = min(steps_in_loader, settings.max_steps) if settings.max_steps else steps_in_loader
-    bar = tqdm(total=total, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True,
-               disable=not (settings.progress_bar and is_main_process()))
+    bar = Progress(settings.progress if is_main_process() else "none", total, f"epoch {epoch}")
     meters, step, micro, side = _Meters(), 0, 0, None
     optimizer.zero_grad(set_to_none=True)
     for samples, targets in loader:
@@ -119,8 +117,7 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
         values = {"loss": float(loss.detach()), "grad_norm": grad_norm, "lr": base_lr(optimizer)}
         values.update({k: float(v.detach()) for k, v in losses.items() if k in settings.criterion.weight_dict})
         meters.add(values)
-        bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
-        bar.update()
+        bar.update(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}")
     bar.close()
     optimizer.zero_grad(set_to_none=True)  # drop an incomplete accumulation at the end
     if step == 0:
@@ -161,15 +158,13 @@ def _optimizer_step(parameters: list[torch.Tensor], settings: StepSettings) -> f
 def evaluate(model: nn.Module, loader, *, criterion: nn.Module, postprocess: Callable, evaluator,
              class_rows: list[int], device: torch.device,
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-             progress_bar: bool = True, desc: str = "eval") -> dict:
+             progress: str = "auto", desc: str = "eval") -> dict:
     """Validation loss (one query group) and COCO metrics of ``evaluator`` (rank 0 gets them)."""
-    from tqdm.auto import tqdm
-
     model.eval()
     criterion.eval()
     meters = _Meters()
-    for samples, targets in tqdm(loader, desc=desc, unit="batch", dynamic_ncols=True,
-                                 disable=not (progress_bar and is_main_process())):
+    bar = Progress(progress if is_main_process() else "none", len(loader), desc, unit="batch")
+    for samples, targets in loader:
         samples = samples.to(device)
         targets = move_targets(targets, device)
         with autocast():
@@ -182,4 +177,6 @@ def evaluate(model: nn.Module, loader, *, criterion: nn.Module, postprocess: Cal
         sizes = torch.stack([t["orig_size"] for t in targets])
         results = postprocess(outputs, sizes, class_rows=class_rows)
         evaluator.update([int(t["image_id"]) for t in targets], results)
+        bar.update()
+    bar.close()
     return {"losses": all_reduce_mean(meters.means()), "metrics": evaluator.summarize()}

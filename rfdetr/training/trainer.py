@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from rfdetr.training.early_stopping import EarlyStopping
 from rfdetr.training.ema import ModelEMA
 from rfdetr.training.engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch, unwrap
 from rfdetr.training.optim import build_optimizer, build_scheduler
+from rfdetr.training.progress import epoch_summary, resolve_mode
 from rfdetr.training.reporting import RunReporter, metric_scalars
 from rfdetr.util.device import resolve_device
 from rfdetr.util.precision import autocast_dtype
@@ -94,6 +96,7 @@ class Trainer:
         self.classes = classes
         self.device = resolve_device(config.device)
         self.autocast, self.scaler = autocast_for(self.device, config.precision, config.amp)
+        self.progress = resolve_mode(config.progress if config.progress_bar else "none")
         self.distributed = dist.init_distributed(self.device)
         self.output_dir = Path(config.output_dir)
         self.resolution = config.resolution or run.model.resolution
@@ -197,8 +200,11 @@ class Trainer:
             reporter.restart_log(self.history)
         try:
             for epoch in range(self.start_epoch, config.epochs):
+                started = time.monotonic()
                 record, scalars = self._run_epoch_naming_the_last_checkpoint(epoch)
                 reporter.log_epoch(record, scalars, epoch)
+                if main and self.progress != "none":
+                    logger.info("%s", epoch_summary(record, config.epochs, time.monotonic() - started, self.select_on))
                 stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
                 if stop:
                     logger.info("early stopping after epoch %d: no improvement > %g for %d epochs", epoch,
@@ -229,7 +235,7 @@ class Trainer:
             criterion=self.criterion, optimizer=self.optimizer, scheduler=self.scheduler, device=self.device,
             grad_accum_steps=config.grad_accum_steps, clip_max_norm=config.clip_max_norm, autocast=self.autocast,
             scaler=self.scaler, ema=self.ema, scales=self._batch_scales(), generator=generator,
-            max_steps=self.steps_per_epoch, progress_bar=config.progress_bar)
+            max_steps=self.steps_per_epoch, progress=self.progress)
         train_stats = train_one_epoch(self.model, self.loader, settings, epoch)
         valid = self._evaluate(unwrap(self.model), "valid")
         ema_valid = self._evaluate(self.ema.module, "valid", "valid ema") if self.ema is not None else None
@@ -270,7 +276,7 @@ class Trainer:
             postprocess = PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS)
         return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=postprocess,
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
-                        autocast=self.autocast, progress_bar=self.config.progress_bar, desc=desc or split)
+                        autocast=self.autocast, progress=self.progress, desc=desc or split)
 
     def _selection_metric(self, result: dict) -> float:
         metrics = result["metrics"] or {}
