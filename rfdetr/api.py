@@ -49,8 +49,8 @@ class RFDETR:
                  pretrain_exclude_keys: Sequence[str] = (), masks: bool | None = None, mask_head: str | None = None,
                  dtype: str | torch.dtype = "float32", **config_overrides: Any):
         size = size or self.size
-        if size is None:
-            raise ValueError("RFDETR needs a size: RFDETR('nano') or RFDETRNano()")
+        if size is None and pretrain_weights in (_DEFAULT, None):
+            raise ValueError("RFDETR needs a size (RFDETR('nano') or RFDETRNano()), or a checkpoint that records one")
         if "num_classes" in config_overrides or "pretrain_weights" in config_overrides:
             raise ValueError("pass num_classes / pretrain_weights as their own arguments")
         if pretrain_weights is _DEFAULT:

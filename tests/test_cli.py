@@ -1,0 +1,87 @@
+"""The ``rfdetr`` command: sub-commands, predict on a folder, and train = the stage-1 script."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+import train_detector_stage1
+from rfdetr import RFDETRNano
+from rfdetr.checkpoint import make_checkpoint
+from rfdetr.cli.main import main
+from rfdetr.datasets import make_synthetic_coco
+from rfdetr.datasets.coco import dataset_classes
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+def test_help_lists_every_sub_command_with_an_example(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("predict", "train", "validate", "export", "shrink", "strip"):
+        assert f"\n  {name} " in out
+    assert "example: rfdetr predict" in out
+    for command in (["predict", "--help"], ["export", "--help"], ["train", "detector", "--help"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(command)
+        assert stopped.value.code == 0
+        assert "rfdetr " + command[0] in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0 and "rfdetr train detector --size" in capsys.readouterr().out
+    assert main(["fly"]) == 2 and "unknown sub-command 'fly'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    return make_synthetic_coco(tmp_path_factory.mktemp("cli") / "data", seed=4, num_train=4, num_valid=3, num_test=0,
+                               image_size=(96, 128))
+
+
+def test_predict_on_a_folder_writes_annotated_images_and_coco_results(small_set, tmp_path, capsys):
+    classes = dataset_classes(small_set)
+    torch.manual_seed(0)
+    model = RFDETRNano(pretrain_weights=None, class_names=classes.names, device="cpu", resolution=128)
+    weights = tmp_path / "model.pth"
+    torch.save(make_checkpoint(model.model, model.config, model.classes), weights)
+    valid = small_set / "valid"
+    extra = tmp_path / "loose.png"  # an image outside the dataset gets an id of its own
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(extra)
+    out = tmp_path / "out"
+    assert main(["predict", str(weights), str(valid), str(extra), "--out", str(out), "--threshold", "0.0"]) == 0
+    inputs = sorted(valid.glob("*.jpg")) + [extra]
+    written = sorted(out.glob("*.jpg"))
+    assert len(written) == len(inputs)
+    for source in inputs:
+        with Image.open(out / f"{source.stem}.jpg") as annotated, Image.open(source) as original:
+            assert annotated.size == original.size
+    truth = COCO(str(valid / "_annotations.coco.json"))
+    results = json.loads((out / "predictions.json").read_text())
+    in_dataset = [r for r in results if r["image_id"] in truth.getImgIds()]
+    assert len(in_dataset) == 3 * model.config.num_select  # threshold 0: every selected query
+    loaded = truth.loadRes(in_dataset)
+    assert len(loaded.getAnnIds()) == len(in_dataset)
+    index = json.loads((out / "predictions_images.json").read_text())
+    loose = [entry["id"] for entry in index if entry["file_name"] == str(extra)]
+    assert loose and loose[0] not in truth.getImgIds()
+
+
+def test_predict_names_a_missing_source(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "model.pth"), str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: no such image" in capsys.readouterr().err
+
+
+def test_train_detector_is_the_stage1_script(small_set, tmp_path):
+    flags = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(small_set), "--epochs", "1",
+             "--batch", "2", "--accum", "1", "--resolution", "128", "--num_queries", "20", "--group_detr", "1",
+             "--multi_scale", "0", "--workers", "0", "--device", "cpu", "--tensorboard", "0", "--seed", "3"]
+    assert main(["train", "detector", *flags, "--output_dir", str(tmp_path / "a")]) == 0
+    assert train_detector_stage1.main([*flags, "--output_dir", str(tmp_path / "b")]) == 0
+    files = lambda run: sorted(p.name for p in run.iterdir())  # noqa: E731
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    logs = [json.loads((tmp_path / run / "log.txt").read_text().splitlines()[0]) for run in ("a", "b")]
+    assert logs[0]["train_loss"] == pytest.approx(logs[1]["train_loss"], rel=1e-5)
+    assert logs[0]["valid_bbox_AP"] == pytest.approx(logs[1]["valid_bbox_AP"], abs=1e-6)
