@@ -85,7 +85,8 @@ def train_masks(data: Path, run: Path, masks: Path, args: argparse.Namespace, se
 def train_upstream(python: str, data: Path, run: Path, args: argparse.Namespace, seed: int) -> float:
     settings = {"resolution": args.resolution, "dataset_dir": str(data), "output_dir": str(run),
                 "epochs": args.epochs, "batch_size": 4, "grad_accum_steps": 1, "multi_scale": False,
-                "device": "cpu", "seed": seed, "early_stopping": False, "tensorboard": False, "wandb": False}
+                "device": "cpu", "seed": seed, "early_stopping": False, "tensorboard": False, "wandb": False,
+                "run_test": False}
     with tempfile.TemporaryDirectory() as scratch:  # not the project root: `import rfdetr` is upstream's
         driver = Path(scratch) / "drive_upstream.py"
         driver.write_text(UPSTREAM_DRIVER)
