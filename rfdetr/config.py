@@ -255,6 +255,7 @@ class TrainConfig(BaseModel):
     device: str | None = None  # None: cuda, else mps, else cpu
     resume: str | None = None
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for quick runs and tests
+    plots: bool = True  # results.png every epoch; val_predictions.jpg and confusion_matrix.png at the end
     progress_bar: bool = True  # False: no progress output at all (progress "none")
     # "auto": a bar on a terminal, else a line every ~30 s and one per epoch; "bar", "line", "none"
     progress: Literal["auto", "bar", "line", "none"] = "auto"

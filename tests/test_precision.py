@@ -13,9 +13,9 @@ from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
 from rfdetr.models.linear import Linear
-from rfdetr.training.trainer import Trainer, autocast_for
+from rfdetr.training.trainer import Trainer
 from rfdetr.util import precision
-from rfdetr.util.precision import PrecisionUnavailable, autocast_dtype, cpu_flags, cpu_has_bf16
+from rfdetr.util.precision import PrecisionUnavailable, autocast_dtype, autocast_for, cpu_flags, cpu_has_bf16
 
 CPU = torch.device("cpu")
 ZEN4_FLAGS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes"

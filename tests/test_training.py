@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,6 +125,20 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     assert "optimizer" not in total and "test_metrics" in total
     results = json.loads((output / "results.json").read_text())
     assert results["epoch"] == result.best_epoch and "class_map" in results
+
+
+def test_run_folder_has_pictures_to_look_at(finished_run, tiny_dataset):
+    from PIL import Image
+
+    output, _ = finished_run
+    with Image.open(output / "results.png") as plot:
+        assert plot.size == (1400, 700) and plot.convert("L").getextrema()[0] < 128  # drawn, not blank
+    with Image.open(output / "val_predictions.jpg") as grid:  # 2 validation images: a 2 x 1 grid of tiles
+        assert grid.size == (2 * 320, 320)
+        assert len(np.unique(np.asarray(grid.convert("RGB").resize((64, 32))).reshape(-1, 3), axis=0)) > 50  # pictures
+    with Image.open(output / "confusion_matrix.png") as matrix:
+        assert matrix.width > 300 and matrix.height > 300
+    assert not list(output.glob(".*.tmp*"))
 
 
 def test_best_total_loads_into_the_wrapper_with_the_dataset_classes(finished_run, tiny_dataset):

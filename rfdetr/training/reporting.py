@@ -94,3 +94,14 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+def flatten_result(prefix: str, result: dict) -> dict:
+    """An evaluation result as run-log fields: ``{prefix}_{loss}``, ``{prefix}_{iou}_AP``, ``_AP50``, ``_stats``."""
+    flat = {f"{prefix}_{k}": v for k, v in result["losses"].items()}
+    for iou_type, values in (result["metrics"] or {}).items():
+        if isinstance(values, dict):
+            flat[f"{prefix}_{iou_type}_stats"] = values.get("stats")
+            flat[f"{prefix}_{iou_type}_AP"] = values.get("ap")
+            flat[f"{prefix}_{iou_type}_AP50"] = values.get("ap50")
+    return flat

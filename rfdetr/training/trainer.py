@@ -19,8 +19,6 @@ is what makes ``--resume`` continue exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import random
@@ -46,10 +44,12 @@ from rfdetr.training.early_stopping import EarlyStopping
 from rfdetr.training.ema import ModelEMA
 from rfdetr.training.engine import NonFiniteLossError, StepSettings, evaluate, train_one_epoch, unwrap
 from rfdetr.training.optim import build_optimizer, build_scheduler
+from rfdetr.training.pictures import write_end_of_run_pictures
+from rfdetr.training.plots import write_results_plot
 from rfdetr.training.progress import epoch_summary, resolve_mode
-from rfdetr.training.reporting import RunReporter, metric_scalars
+from rfdetr.training.reporting import RunReporter, flatten_result, metric_scalars
 from rfdetr.util.device import resolve_device
-from rfdetr.util.precision import autocast_dtype
+from rfdetr.util.precision import autocast_for
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +70,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def autocast_for(device: torch.device, precision: str, amp: bool = True):
-    """(autocast context factory, GradScaler or None) for ``precision`` on ``device`` (see
-    :func:`rfdetr.util.precision.autocast_dtype`); ``amp=False`` turns ``"auto"`` into fp32."""
-    dtype = autocast_dtype("fp32" if precision == "auto" and not amp else precision, device)
-    if dtype is None:
-        return contextlib.nullcontext, None
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
 
 
 class Trainer:
@@ -205,6 +195,8 @@ class Trainer:
                 reporter.log_epoch(record, scalars, epoch)
                 if main and self.progress != "none":
                     logger.info("%s", epoch_summary(record, config.epochs, time.monotonic() - started, self.select_on))
+                if main and config.plots:
+                    self._draw(write_results_plot, self.history, self.output_dir / "results.png")
                 stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
                 if stop:
                     logger.info("early stopping after epoch %d: no improvement > %g for %d epochs", epoch,
@@ -240,9 +232,9 @@ class Trainer:
         valid = self._evaluate(unwrap(self.model), "valid")
         ema_valid = self._evaluate(self.ema.module, "valid", "valid ema") if self.ema is not None else None
         record = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
-                  **_flatten("valid", valid)}
+                  **flatten_result("valid", valid)}
         if ema_valid is not None:
-            record.update(_flatten("ema_valid", ema_valid))
+            record.update(flatten_result("ema_valid", ema_valid))
         scores = {"regular": self._selection_metric(valid)}
         if ema_valid is not None:
             scores["ema"] = self._selection_metric(ema_valid)
@@ -269,14 +261,25 @@ class Trainer:
         dataset = self.datasets[split]
         iou_types = ("bbox", "segm") if self.masks else ("bbox",)
         evaluator = CocoEvaluator(dataset.coco, self.classes, iou_types)
-        postprocess = self.postprocess
-        if self.masks:  # the outputs carry the evaluated model's own mask head (regular or EMA)
-            from rfdetr.models.mask_postprocess import PostProcessMasks
-
-            postprocess = PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS)
-        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=postprocess,
+        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=self._postprocess(),
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
                         autocast=self.autocast, progress=self.progress, desc=desc or split)
+
+    @staticmethod
+    def _draw(write, *arguments) -> None:
+        """Pictures are for people: a failure to draw one is a warning, never the end of a run."""
+        try:
+            write(*arguments)
+        except (OSError, ValueError, RuntimeError, ImportError) as error:
+            logger.warning("could not draw %s: %s", write.__name__, error)
+
+    def _postprocess(self):
+        if not self.masks:
+            return self.postprocess
+        from rfdetr.models.mask_postprocess import PostProcessMasks
+
+        # the outputs carry the evaluated model's own mask head (regular or EMA)
+        return PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS)
 
     def _selection_metric(self, result: dict) -> float:
         metrics = result["metrics"] or {}
@@ -357,6 +360,10 @@ class Trainer:
             total["test_metrics"] = test["metrics"]
         if dist.is_main_process():
             save_checkpoint(total, self.output_dir / "checkpoint_best_total.pth")
+            if self.config.plots:
+                unwrap(self.model).load_state_dict(best["model"])
+                self._draw(write_end_of_run_pictures, unwrap(self.model), self.datasets["valid"], self.classes,
+                           self._postprocess(), self.device, self.autocast, self.output_dir)
             summary = results_json(self.best_record[kind]["valid"], test["metrics"] if test else None,
                                    epoch=self.best_epoch[kind])
             summary.update(best_weights=kind, selection_metric=f"{self.select_on}_AP")
@@ -369,13 +376,3 @@ def _split_exists(dataset_dir: str, split: str) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _flatten(prefix: str, result: dict) -> dict:
-    flat = {f"{prefix}_{k}": v for k, v in result["losses"].items()}
-    for iou_type, values in (result["metrics"] or {}).items():
-        if isinstance(values, dict):
-            flat[f"{prefix}_{iou_type}_stats"] = values.get("stats")
-            flat[f"{prefix}_{iou_type}_AP"] = values.get("ap")
-            flat[f"{prefix}_{iou_type}_AP50"] = values.get("ap50")
-    return flat

@@ -72,6 +72,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def autocast_for(device: torch.device, precision: str, amp: bool = True):
+    """(autocast context factory, GradScaler or None) for ``precision`` on ``device`` (see
+    :func:`rfdetr.util.precision.autocast_dtype`); ``amp=False`` turns ``"auto"`` into fp32."""
+    dtype = autocast_dtype("fp32" if precision == "auto" and not amp else precision, device)
+    if dtype is None:
+        return contextlib.nullcontext, None
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return functools.partial(torch.autocast, device_type=device.type, dtype=dtype), scaler
+
+
 INFERENCE_DTYPES = {"float32": None, "fp32": None, "bfloat16": "bf16", "bf16": "bf16"}
 
 
