@@ -132,7 +132,10 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
     for path, found in zip(test_images, model.predict([str(p) for p in test_images], threshold=0.3)):
         tiles.append(output_dir / f"masks_{path.stem}.png")
         annotate(np.asarray(Image.open(path).convert("RGB")), found, tiles[-1])
-    print(f"\nheld-out test images with boxes and masks: {', '.join(map(str, tiles))}\n")
+    print(f"\nheld-out test images with boxes and masks: {', '.join(map(str, tiles))}")
+    pictures = [run / name for run in (detector_run, mask_run)
+                for name in ("results.png", "val_predictions.jpg", "confusion_matrix.png") if (run / name).is_file()]
+    print(f"training curves, validation predictions and confusion matrices: {', '.join(map(str, pictures))}\n")
     print("| run | split | bbox AP | bbox AP50 | segm AP | segm AP50 |\n|---|---|---|---|---|---|")
     for name, run in (("stage 1 (detector)", detector_run), ("stage 2 (masks)", mask_run)):
         checkpoint = torch.load(run / "checkpoint_best_total.pth", map_location="cpu", weights_only=False)
