@@ -124,6 +124,13 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    throughput = None
+    if args.throughput_batch > 1:  # images/s at a larger batch (same image repeated), after the peak RSS read
+        batch = x.expand(args.throughput_batch, -1, -1, -1).contiguous()
+        with torch.inference_mode():
+            batch_ms = statistics.median(timed_ms(functools.partial(forward_in, autocast, model, batch),
+                                                  1, max(3, args.runs // 3)))
+        throughput = args.throughput_batch / (batch_ms / 1e3)
 
     # The FLOP counter sees aten matmuls only: count with the oneDNN linear path off (same math).
     with torch.inference_mode(), onednn_linear(False), FlopCounterMode(display=False) as counter:
@@ -136,7 +143,8 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     achieved = gflop / (median_ms / 1e3)
     best_probe = max(probe["torch"], probe["onednn"])
     return {
-        "size": size, "dtype": args.dtype, "bf16_probe_gflops": probe["bf16"], "resolution": config.resolution, "threads": torch.get_num_threads(),
+        "size": size, "dtype": args.dtype, "throughput_batch": args.throughput_batch, "images_per_s": throughput,
+        "bf16_probe_gflops": probe["bf16"], "resolution": config.resolution, "threads": torch.get_num_threads(),
         "input": args.input, "warmup": args.warmup, "runs": args.runs,
         "params_m": params / 1e6, "gflop": gflop, "times_ms": times,
         "median_ms": median_ms, "min_ms": min(times), "max_ms": max(times),
@@ -229,6 +237,7 @@ def predict_table(r: dict) -> str:
 def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worker") -> dict:
     """Run one size in a fresh interpreter so that its peak RSS is its own, not a predecessor's."""
     cmd = [sys.executable, __file__, mode, size, "--threads", str(args.threads), "--_dtype", args.dtype,
+           "--throughput_batch", str(args.throughput_batch),
            "--warmup", str(args.warmup), "--runs", str(args.runs), "--input", args.input]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
@@ -242,14 +251,16 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 def markdown_table(results: list[dict]) -> str:
     header = ["size", "dtype", "vs fp32", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
               "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
-              "vs best fp32 probe", "bf16 probe GFLOP/s", "peak RSS (MB)"]
+              "vs best fp32 probe", "bf16 probe GFLOP/s", "images/s at batch N", "peak RSS (MB)"]
     fp32 = {r["size"]: r["median_ms"] for r in results if r["dtype"] == "float32"}
     rows = [[r["size"], r["dtype"], f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
              str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
              f"{r['onednn_probe_gflops']:.1f}", f"{r['efficiency_vs_best']:.1%}",
-             f"{r['bf16_probe_gflops']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in results]
+             f"{r['bf16_probe_gflops']:.1f}",
+             f"{r['images_per_s']:.2f} (N={r['throughput_batch']})" if r.get("images_per_s") else "-",
+             f"{r['peak_rss_mb']:.0f}"] for r in results]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -271,6 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
                         help="precisions to measure each size in (bfloat16: a bf16 autocast, as "
                              "RFDETR*(dtype='bfloat16'); needs a CPU with AVX-512 BF16 or AMX)")
+    parser.add_argument("--throughput_batch", type=int, default=8,
+                        help="also measure images/s at this batch size (1: skip; default: 8)")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
     parser.add_argument("--_dtype", dest="dtype", default="float32", help=argparse.SUPPRESS)
     # Internal: run a single size in this process and print its result as one JSON line.
