@@ -74,6 +74,7 @@ from rfdetr.models.mask_geometry import valid_cells, valid_fractions
 from rfdetr.models.mask_losses import add_mask_losses, dense_pair, dice_per_mask, sigmoid_ce_per_mask
 from rfdetr.models.matcher import ImageMatch
 from rfdetr.training.optim import build_optimizer
+from rfdetr.util.precision import autocast_for
 from rfdetr.util.weight_fill import fill_model_
 
 # The worker prints its result on one line with this prefix, so stray prints from the model
@@ -252,9 +253,12 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     losses: list[float] = []
     grad_norms: list[float] = []
 
+    autocast, _ = autocast_for(torch.device("cpu"), args.precision)
+
     def step() -> None:
-        outputs = model(samples)
-        loss = criterion.weighted_loss(criterion(outputs, targets))
+        with autocast():  # as the training loop: forward and criterion under the run's precision
+            outputs = model(samples)
+            loss = criterion.weighted_loss(criterion(outputs, targets))
         loss.backward()
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, train_config.clip_max_norm)))
         optimizer.step()
@@ -276,7 +280,8 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 
     median_s = statistics.median(times)
     result = {
-        "name": name, "size": setup.size, "description": setup.description, "batch": args.batch,
+        "name": name, "precision": args.precision, "size": setup.size, "description": setup.description,
+        "batch": args.batch,
         "resolution": args.resolution, "threads": torch.get_num_threads(), "warmup": args.warmup,
         "steps": args.steps, "group_detr": config.group_detr, "num_queries": config.num_queries,
         "dec_layers": config.dec_layers, "num_classes": config.num_classes,
@@ -307,7 +312,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
 def worker_command(name: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, __file__, "--_worker", name, "--threads", str(args.threads),
             "--warmup", str(args.warmup), "--steps", str(args.steps), "--batch", str(args.batch),
-            "--resolution", str(args.resolution)]
+            "--resolution", str(args.resolution), "--precision", args.precision]
 
 
 def parse_worker_output(name: str, returncode: int, stdout: str, stderr: str) -> dict:
@@ -577,6 +582,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=384,
                         help="square input side; a multiple of patch_size x num_windows (default: 384, "
                              "nano's native resolution)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="compute precision of the project's step (bf16: autocast, needs AVX-512 BF16 or AMX)")
     parser.add_argument("--upstream-python", default=None,
                         help="python of a side venv with rfdetr==1.2.1: time its nano step on the same batch in "
                              "this run and report the ratios (without it the table has absolute figures only)")
@@ -615,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
                 r["memory_vs_upstream"] = r["peak_rss_mb"] / upstream["peak_rss_mb"]
                 r["meets_time_target"] = r["time_vs_upstream"] <= TARGET_RATIO
                 r["meets_memory_target"] = r["memory_vs_upstream"] <= TARGET_RATIO
-    print(f"torch {torch.__version__}, {args.threads} thread(s), fp32, train mode, batch {args.batch}, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.precision}, train mode, batch {args.batch}, "
           f"resolution {args.resolution}, {args.warmup} warm-up + {args.steps} timed optimizer steps\n")
     if results:
         print(markdown_table(results))
