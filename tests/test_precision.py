@@ -135,3 +135,20 @@ def test_the_wrappers_take_a_dtype_and_refuse_what_the_cpu_lacks(simulated_cpu):
     detections = model.predict(torch.rand(3, 64, 80), threshold=0.0)
     assert seen == [torch.bfloat16] and detections.xyxy.dtype.name == "float32"
     assert len(detections) == model.config.num_select and np.isfinite(detections.xyxy).all()
+
+
+def test_attention_runs_in_fp32_under_a_cpu_autocast_only():
+    from rfdetr.models.cpu_precision import attention_in_fp32_on_cpu
+
+    seen = []
+
+    def attend(q, k, v):
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.bfloat16) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention_in_fp32_on_cpu(attend, q, k, v)
+    assert seen == [(torch.float32, False)] and out.dtype == torch.float32
+    plain = attention_in_fp32_on_cpu(attend, q, k, v)  # no autocast: the call is unchanged
+    assert seen[1] == (torch.bfloat16, False) and plain.dtype == torch.bfloat16

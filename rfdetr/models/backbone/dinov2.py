@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rfdetr.config import EncoderSpec
+from rfdetr.models.cpu_precision import attention_in_fp32_on_cpu
 from rfdetr.models.linear import Linear
 
 
@@ -111,7 +112,7 @@ class QueryKeyValue(nn.Module):
         query = self.query(x)
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
-        context = F.scaled_dot_product_attention(self._split_heads(query), key, value)
+        context = attention_in_fp32_on_cpu(F.scaled_dot_product_attention, self._split_heads(query), key, value)
         batch, _, length, _ = context.shape
         return context.permute(0, 2, 1, 3).contiguous().view(batch, length, -1)
 
