@@ -92,7 +92,8 @@ class CocoEvaluator:
             logger.debug("COCOeval %s on %d images, %d detections:\n%s", iou_type, len(image_ids), len(flat), text)
             summaries[iou_type] = summarize_coco_eval(coco_eval, self.classes)
             self.coco_evals[iou_type] = coco_eval
-            logger.info("%s: AP@[.5:.95] %.4f  AP50 %.4f  AR@100 %.4f", iou_type, summaries[iou_type]["ap"],
+            # DEBUG: a training run prints these in its one summary line per epoch
+            logger.debug("%s: AP@[.5:.95] %.4f  AP50 %.4f  AR@100 %.4f", iou_type, summaries[iou_type]["ap"],
                         summaries[iou_type]["ap50"], summaries[iou_type]["ar100"])
         return summaries
 

@@ -139,7 +139,8 @@ def write_prediction_grid(results: Sequence[ImageResult], classes: ClassTable, t
         labels = [f"{classes.name_of(int(c))} {s:.2f}" for c, s in zip(detections.class_id, detections.confidence)]
         picture = sv.LabelAnnotator(text_scale=0.35, text_padding=2).annotate(picture, detections, labels=labels)
         tile = Image.fromarray(picture)
-        tile.thumbnail((TILE, TILE))
+        scale = TILE / max(tile.size)  # small images grow to the tile, large ones shrink
+        tile = tile.resize((max(1, round(tile.width * scale)), max(1, round(tile.height * scale))), Image.BILINEAR)
         canvas.paste(tile, ((i % columns) * TILE + (TILE - tile.width) // 2,
                             (i // columns) * TILE + (TILE - tile.height) // 2))
     save_atomically(path, lambda temporary: canvas.save(temporary, format="JPEG", quality=90))
