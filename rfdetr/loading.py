@@ -57,11 +57,19 @@ def read_weights(pretrain_weights: str | os.PathLike) -> dict:
     return read_checkpoint(resolve_weights(pretrain_weights), trusted=is_pretrained_name(pretrain_weights))
 
 
-def stored_mask_config(checkpoint: Mapping | None) -> MaskConfig | None:
-    """The mask head a checkpoint was trained with (``None`` for a detector checkpoint)."""
+def stored_mask_config(checkpoint: Mapping | None, size: str | None = None) -> MaskConfig | None:
+    """The mask head a checkpoint was trained with (``None`` for a detector checkpoint).
+
+    A file whose weights hold a mask head (tensors beside the ``detr.`` detector) but no ``masks``
+    record (a bare state dict, another tool's file) is taken to have ``size``'s default head.
+    """
     stored = (checkpoint or {}).get("masks")
     if not stored:
-        return None
+        state = (checkpoint or {}).get("model", {})
+        detector = [k for k in state if k.startswith(DETECTOR_PREFIX)]
+        if size is None or not detector or len(detector) == len(state):
+            return None
+        return mask_config(size)
     known = set(MaskConfig.model_fields)
     return MaskConfig(**{k: v for k, v in stored.items() if k in known})
 
@@ -114,7 +122,7 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
         heads = list(CLASS_HEAD_PATTERNS) if fitted is None else []
         load_state_dict(detector, state if fitted is None else fitted, exclude=[*exclude, *heads], source=origin,
                         size=checkpoint_size(checkpoint))
-    mask = stored_mask_config(checkpoint)
+    mask = stored_mask_config(checkpoint, size)
     wrap = mask is not None if masks is None else masks
     if not wrap:
         if mask is not None:
@@ -155,8 +163,8 @@ def _load_mask_head(model: DETRsegm, checkpoint: Mapping | None, origin: str) ->
     """The mask-head tensors of ``checkpoint`` into ``model`` (all of them, or none: a new head)."""
     state = {k: v for k, v in (checkpoint or {}).get("model", {}).items() if not k.startswith(DETECTOR_PREFIX)}
     if not state:
-        logger.warning("%s has no mask head: the mask head is randomly initialised (train it with "
-                       "train_seg_stage2.py)", origin)
+        logger.warning("%s: the mask head is randomly initialised (train it with train_seg_stage2.py)",
+                       origin if checkpoint is None else f"{origin} has no mask head")
         return
     detector = {f"{DETECTOR_PREFIX}{k}": v for k, v in model.detr.state_dict().items()}
     result = model.load_state_dict(detector | state, strict=False)

@@ -85,3 +85,33 @@ def test_train_detector_is_the_stage1_script(small_set, tmp_path):
     logs = [json.loads((tmp_path / run / "log.txt").read_text().splitlines()[0]) for run in ("a", "b")]
     assert logs[0]["train_loss"] == pytest.approx(logs[1]["train_loss"], rel=1e-5)
     assert logs[0]["valid_bbox_AP"] == pytest.approx(logs[1]["valid_bbox_AP"], abs=1e-6)
+
+
+def test_mask_checkpoint_predicts_rle_masks_and_exports_with_int8(small_set, tmp_path):
+    classes = dataset_classes(small_set)
+    torch.manual_seed(0)
+    model = RFDETRNano(pretrain_weights=None, masks=True, class_names=classes.names, device="cpu", resolution=128,
+                       num_queries=20)
+    weights = tmp_path / "masks.pth"
+    torch.save(make_checkpoint(model.model, model.config, model.classes), weights)
+    valid = small_set / "valid"
+    assert main(["predict", str(weights), str(valid), "--out", str(tmp_path / "pth"), "--threshold", "0.0"]) == 0
+    truth = COCO(str(valid / "_annotations.coco.json"))
+    results = json.loads((tmp_path / "pth" / "predictions.json").read_text())
+    per_image = [sum(r["image_id"] == i for r in results) for i in truth.getImgIds()]
+    assert per_image[0] > 0 and per_image == [per_image[0]] * 3  # threshold 0: every selected query
+    height, width = 96, 128
+    assert all(r["segmentation"]["size"] == [height, width] for r in results)
+    loaded = truth.loadRes(results)  # pycocotools decodes every RLE
+    areas = [loaded.annToMask(loaded.anns[i]).sum() for i in loaded.getAnnIds()]
+    assert max(areas) > 0
+
+    export_dir = tmp_path / "export"
+    assert main(["export", str(weights), "--out", str(export_dir), "--quantize", "int8"]) == 0
+    assert sorted(p.name for p in export_dir.glob("*.onnx")) == ["inference_model.onnx", "inference_model_int8.onnx"]
+    for name in ("inference_model.onnx", "inference_model_int8.onnx"):
+        out = tmp_path / name
+        assert main(["predict", str(export_dir / name), str(valid), "--out", str(out), "--threshold", "0.0"]) == 0
+        onnx_results = json.loads((out / "predictions.json").read_text())
+        assert len(onnx_results) == len(results) and all("segmentation" in r for r in onnx_results)
+    assert main(["export", str(tmp_path / "missing.pth")]) == 2
