@@ -26,11 +26,15 @@ def test_help_lists_every_sub_command_with_an_example(capsys):
     for name in ("predict", "train", "validate", "export", "shrink", "strip"):
         assert f"\n  {name} " in out
     assert "example: rfdetr predict" in out
-    for command in (["predict", "--help"], ["export", "--help"], ["train", "detector", "--help"]):
+    for command in (["predict"], ["export"], ["validate"], ["shrink"], ["strip"], ["train", "detector"],
+                    ["train", "masks"], ["train", "single-stage"]):
         with pytest.raises(SystemExit) as stopped:
-            main(command)
+            main([*command, "--help"])
         assert stopped.value.code == 0
-        assert "rfdetr " + command[0] in capsys.readouterr().out
+        help_lines = capsys.readouterr().out.splitlines()
+        example = " ".join(["rfdetr", *command]) + " "
+        assert any(line.strip().startswith(example) for line in help_lines), command  # an example, not usage
+        assert not any(line.strip().startswith("python ") for line in help_lines)
     assert main(["train", "--help"]) == 0 and "rfdetr train detector --size" in capsys.readouterr().out
     assert main(["fly"]) == 2 and "unknown sub-command 'fly'" in capsys.readouterr().err
 

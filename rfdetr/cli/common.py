@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,6 +36,16 @@ def default(field: str, config: str = "train") -> Any:
 def described(text: str, field: str, config: str = "train") -> str:
     """``text`` with the field's default appended (help texts never repeat a default by hand)."""
     return f"{text} (default: {default(field, config)})"
+
+
+def as_invoked(doc: str) -> str:
+    """``doc`` with its examples' ``python SCRIPT.py`` written as the running ``rfdetr`` sub-command, when the
+    console command is what runs (it names the program ``rfdetr SUB-COMMAND``); unchanged for the scripts."""
+    program = sys.argv[0] if sys.argv else ""
+    found = re.search(r"python (\w+\.py)", doc)
+    if not program.startswith("rfdetr ") or found is None:
+        return doc
+    return doc.replace(found.group(0), program)
 
 
 def str2bool(value: str | bool) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rfdetr.cli.common import as_invoked
+
 SHRINK_DOC = """Keep only some classes of a checkpoint's class heads (e.g. a COCO checkpoint -> person, dog).
 
     python shrink_head.py --in_ckpt rf-detr-nano.pth --out_ckpt nano-person-dog.pth --keep person dog
@@ -24,7 +26,7 @@ the result gets fresh class heads. Optimizer state and the class table are dropp
 
 
 def shrink_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=SHRINK_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(SHRINK_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--in_ckpt", required=True, help="checkpoint to read (.pth)")
     parser.add_argument("--out_ckpt", required=True, help="checkpoint to write (.pth); written atomically")
     parser.add_argument("--keep", required=True, nargs="+", metavar="NAME", help="class names to keep, in order")
@@ -54,7 +56,7 @@ def shrink_main(argv: list[str] | None = None) -> int:
 
 
 def strip_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=STRIP_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(STRIP_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("in_ckpt", help="checkpoint to read (.pth)")
     parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
     args = parser.parse_args(argv)

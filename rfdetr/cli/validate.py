@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rfdetr.cli.common import as_invoked
+
 VALIDATE_DOC = """Check the environment and lint a COCO dataset folder before training.
 
     python validate_setup.py --dataset_dir dataset --stage 1
@@ -16,7 +18,7 @@ image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=VALIDATE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default="dataset", help="dataset folder holding train/, valid/ and test/")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
                         help="training stage to check for: 1 = boxes, 2 = masks (every non-crowd object needs one)")
