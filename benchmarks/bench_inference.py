@@ -5,10 +5,14 @@ Run from the repository root (on a quiet machine; all five sizes take several mi
     .venv/bin/python benchmarks/bench_inference.py --threads 2 --warmup 3 --runs 10 --json bench.json
 
 For each size at its native resolution: eval mode, batch 1, ``torch.set_num_threads(N)``, in each
-precision of ``--dtypes`` (``float32``; ``bfloat16``: the bf16 autocast of ``dtype="bfloat16"``).
+precision of ``--dtypes`` (``float32``; ``bfloat16``: the bf16 autocast of ``dtype="bfloat16"``;
+``int8``: the ``export(quantize="int8")`` model on ONNX Runtime, timed beside the fp32 ONNX model).
 Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
+The paired efficiency times one forward and one oneDNN probe product back to back in each of
+``--runs`` rounds and takes the median of the per-round ratios: the figure to read on a shared
+host, whose speed drifts between phases (separately timed probes moved by 40% between runs here).
 Two probes: torch's ``a @ b`` (MKL sgemm on x86: the issue's definition of efficiency) and the same
 product on oneDNN, which the model's linear layers use for CPU inference (rfdetr.models.linear);
 on some CPUs (AMD EPYC) oneDNN runs twice as fast as MKL, so both ratios are reported.
@@ -34,6 +38,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -99,13 +104,50 @@ def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     return rates
 
 
+def paired_efficiency(run, gflop: float, rounds: int) -> float:
+    """Median over ``rounds`` of the model's GFLOP/s over the fp32 probe's (oneDNN's where this torch has
+    it, else ``a @ b``), the two timed back to back in each round: on a shared host whose speed drifts
+    by tens of percent between phases, a slow phase slows both sides of each ratio."""
+    from rfdetr.models.linear import _KERNEL
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(PROBE_N, PROBE_N, generator=gen), torch.randn(PROBE_N, PROBE_N, generator=gen)
+    out = torch.empty(PROBE_N, PROBE_N)
+    probe = ((lambda: _KERNEL(a, b, None, "none", [], "")) if _KERNEL is not None
+             else (lambda: torch.matmul(a, b, out=out)))
+    ratios = []
+    with torch.inference_mode():
+        probe()
+        for _ in range(rounds):
+            model_ms, probe_ms = timed_ms(run, 0, 1)[0], timed_ms(probe, 0, 1)[0]
+            ratios.append((gflop / model_ms) / (2 * PROBE_N**3 / 1e9 / probe_ms))
+    return statistics.median(ratios)
+
+
 def forward_in(autocast, model: torch.nn.Module, x: torch.Tensor):
     with autocast():
         return model(x)
 
 
+def onnx_runs(model: torch.nn.Module, size: str, x: torch.Tensor, folder: str):
+    """ONNX Runtime sessions of ``model`` exported in fp32 and quantized to int8 (``export(quantize="int8")``),
+    as callables on ``x``, and the largest |logit| difference of int8 from fp32 on it."""
+    from rfdetr.classes import ClassTable
+    from rfdetr.export import ONNXDetector, export_onnx
+
+    classes = ClassTable.coco()
+    int8_path = export_onnx(model, model_config(size), classes, folder, verify=False, quantize="int8")
+    fp32, int8 = (ONNXDetector(p).session for p in (int8_path.with_name("inference_model.onnx"), int8_path))
+    feed = {"images": x.numpy()}
+    logits = [session.run(["logits"], feed)[0] for session in (fp32, int8)]
+    return (lambda: fp32.run(None, feed)), (lambda: int8.run(None, feed)), float(abs(logits[0] - logits[1]).max())
+
+
 def worker(size: str, args: argparse.Namespace) -> dict:
-    """Measure one size in this process; returns a JSON-serialisable dict."""
+    """Measure one size in this process; returns a JSON-serialisable dict.
+
+    ``args.dtype`` ``"int8"`` times the int8 ONNX Runtime model instead of PyTorch, and the fp32 ONNX
+    Runtime model beside it (``onnx_fp32_ms``)."""
     torch.set_num_threads(args.threads)
     config = model_config(size)
     x = make_input(config.resolution, args.input)
@@ -117,26 +159,36 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     # fails when they were taken under inference/no-grad mode.
     model = fill_model_(build_detector(config), seed=0).eval().requires_grad_(False)
     params = sum(p.numel() for p in model.parameters())
-    autocast = inference_autocast(args.dtype, torch.device("cpu"))
-    with torch.inference_mode():
-        times = timed_ms(functools.partial(forward_in, autocast, model, x), args.warmup, args.runs)
+    extra = {}
+    if args.dtype == "int8":
+        with tempfile.TemporaryDirectory() as folder:
+            run_fp32, run, difference = onnx_runs(model, size, x, folder)
+            times = timed_ms(run, args.warmup, args.runs)
+            extra = {"onnx_fp32_ms": statistics.median(timed_ms(run_fp32, args.warmup, args.runs)),
+                     "int8_max_logit_diff": difference}
+            run_batch = None  # the graph's batch size is fixed at export
+    else:
+        autocast = inference_autocast(args.dtype, torch.device("cpu"))
+        run = torch.inference_mode()(functools.partial(forward_in, autocast, model, x))
+        times = timed_ms(run, args.warmup, args.runs)
+        run_batch = functools.partial(forward_in, autocast, model)
     rss_after = proc.memory_info().rss
     # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     throughput = None
-    if args.throughput_batch > 1:  # images/s at a larger batch (same image repeated), after the peak RSS read
+    if args.throughput_batch > 1 and run_batch is not None:  # images/s at a larger batch, after the peak RSS read
         batch = x.expand(args.throughput_batch, -1, -1, -1).contiguous()
         with torch.inference_mode():
-            batch_ms = statistics.median(timed_ms(functools.partial(forward_in, autocast, model, batch),
-                                                  1, max(3, args.runs // 3)))
+            batch_ms = statistics.median(timed_ms(functools.partial(run_batch, batch), 1, max(3, args.runs // 3)))
         throughput = args.throughput_batch / (batch_ms / 1e3)
 
     # The FLOP counter sees aten matmuls only: count with the oneDNN linear path off (same math).
     with torch.inference_mode(), onednn_linear(False), FlopCounterMode(display=False) as counter:
         model(x)
     gflop = counter.get_total_flops() / 1e9
-    del model  # free its memory before the probe; the probe runs with the same thread count
+    paired = paired_efficiency(run, gflop, rounds=args.runs)
+    del model, run  # free its memory before the probe; the probe runs with the same thread count
     probe = matmul_probe_gflops(warmup=2, runs=max(5, args.runs // 2))
 
     median_ms = statistics.median(times)
@@ -150,11 +202,12 @@ def worker(size: str, args: argparse.Namespace) -> dict:
         "median_ms": median_ms, "min_ms": min(times), "max_ms": max(times),
         "achieved_gflops": achieved, "probe_gflops": probe["torch"], "efficiency": achieved / probe["torch"],
         "onednn_probe_gflops": probe["onednn"], "efficiency_vs_best": achieved / best_probe,
+        "paired_efficiency": paired,
         # peak includes the interpreter, torch and the transient state-dict copy of fill_model_;
         # rss_before / rss_delta separate the baseline from what the model keeps resident.
         "peak_rss_mb": peak_rss_mb, "rss_before_mb": rss_before / 1e6,
         "rss_delta_mb": (rss_after - rss_before) / 1e6,
-        "torch": torch.__version__,
+        "torch": torch.__version__, **extra,
     }
 
 
@@ -169,7 +222,6 @@ def write_1080p_photo(folder: str) -> str:
 
 def predict_worker(size: str, args: argparse.Namespace) -> dict:
     """Stage timings of ``predict()`` on a 1080p JPEG, PyTorch and ONNX Runtime, in this process."""
-    import tempfile
 
     import numpy as np
 
@@ -251,18 +303,24 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 def markdown_table(results: list[dict]) -> str:
     header = ["size", "dtype", "vs fp32", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
               "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
-              "vs best fp32 probe", "bf16 probe GFLOP/s", "images/s at batch N", "peak RSS (MB)"]
+              "vs best fp32 probe", "paired efficiency", "bf16 probe GFLOP/s", "images/s at batch N", "peak RSS (MB)"]
     fp32 = {r["size"]: r["median_ms"] for r in results if r["dtype"] == "float32"}
     rows = [[r["size"], r["dtype"], f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
              str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
-             f"{r['onednn_probe_gflops']:.1f}", f"{r['efficiency_vs_best']:.1%}",
+             f"{r['onednn_probe_gflops']:.1f}", f"{r['efficiency_vs_best']:.1%}", f"{r['paired_efficiency']:.1%}",
              f"{r['bf16_probe_gflops']:.1f}",
              f"{r['images_per_s']:.2f} (N={r['throughput_batch']})" if r.get("images_per_s") else "-",
              f"{r['peak_rss_mb']:.0f}"] for r in results]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    for r in results:
+        if r["dtype"] == "int8":
+            lines.append(f"\n{r['size']} int8 row: ONNX Runtime int8 {r['median_ms']:.1f} ms vs ONNX Runtime fp32 "
+                         f"{r['onnx_fp32_ms']:.1f} ms = {r['onnx_fp32_ms'] / r['median_ms']:.2f}x; max |logit "
+                         f"difference| int8 vs fp32 {r['int8_max_logit_diff']:.2f} (accuracy: "
+                         f"bench_precision_accuracy.py on a trained checkpoint)")
     return "\n".join(lines)
 
 
@@ -279,9 +337,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--predict_size", choices=SIZES, default="nano",
                         help="size for the end-to-end predict() timing (default: nano)")
     parser.add_argument("--skip_predict", action="store_true", help="skip the end-to-end predict() timing")
-    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32"],
+    parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "int8"), default=["float32"],
                         help="precisions to measure each size in (bfloat16: a bf16 autocast, as "
-                             "RFDETR*(dtype='bfloat16'); needs a CPU with AVX-512 BF16 or AMX)")
+                             "RFDETR*(dtype='bfloat16'); needs a CPU with AVX-512 BF16 or AMX; int8: the "
+                             "export(quantize='int8') model on ONNX Runtime, beside the fp32 ONNX model)")
     parser.add_argument("--throughput_batch", type=int, default=8,
                         help="also measure images/s at this batch size (1: skip; default: 8)")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
