@@ -128,14 +128,6 @@ def checkpoint_args(checkpoint: Mapping) -> dict:
     return dict(args) if isinstance(args, Mapping) else {}
 
 
-def class_rows_of(state: Mapping[str, torch.Tensor]) -> int:
-    """Rows of the final class head of a detector or mask-model state dict."""
-    state = detector_state(state)
-    if "class_embed.bias" not in state:
-        raise CheckpointError("the checkpoint has no class head (class_embed.bias); it was stripped")
-    return int(state["class_embed.bias"].shape[0])
-
-
 def class_head_rows(state: Mapping[str, torch.Tensor], source: str = "the checkpoint") -> int | None:
     """The row count every class-head tensor of a detector state shares (``None``: no class head).
 

@@ -17,7 +17,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from rfdetr.checkpoint import CheckpointError, checkpoint_class_table, class_rows_of, is_class_head_key
+from rfdetr.checkpoint import (CheckpointError, checkpoint_class_table, class_head_rows, detector_state,
+                               is_class_head_key)
 from rfdetr.classes import ClassTable, match_rows
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS
 
@@ -103,5 +104,8 @@ def strip_class_heads(checkpoint: Mapping) -> dict:
 
 
 def head_rows(checkpoint: Mapping) -> int:
-    """Rows of the checkpoint's final class head."""
-    return class_rows_of(checkpoint["model"])
+    """Rows of the checkpoint's class heads (all of them agree, or it is refused)."""
+    rows = class_head_rows(detector_state(checkpoint["model"]))
+    if rows is None:
+        raise CheckpointError("the checkpoint has no class head (class_embed.bias); it was stripped")
+    return rows
