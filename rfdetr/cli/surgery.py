@@ -26,7 +26,8 @@ the result gets fresh class heads. Optimizer state and the class table are dropp
 
 
 def shrink_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(SHRINK_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(SHRINK_DOC),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--in_ckpt", required=True, help="checkpoint to read (.pth)")
     parser.add_argument("--out_ckpt", required=True, help="checkpoint to write (.pth); written atomically")
     parser.add_argument("--keep", required=True, nargs="+", metavar="NAME", help="class names to keep, in order")
@@ -56,7 +57,8 @@ def shrink_main(argv: list[str] | None = None) -> int:
 
 
 def strip_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(STRIP_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(STRIP_DOC),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("in_ckpt", help="checkpoint to read (.pth)")
     parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
     args = parser.parse_args(argv)

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, Terminated, add_training_flags, as_invoked, banner, described,
-                               model_overrides, overrides_lines, raise_on_sigterm, refuse_on_resume, resume_checkpoint,
+from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, Terminated, add_training_flags, as_invoked, banner,
+                               described, model_overrides, overrides_lines, raise_on_sigterm, refuse_on_resume, resume_checkpoint,
                                run_training, split_patterns, train_overrides)
 from rfdetr.config import DEFAULT_SCRIPT_SIZE, MASK_HEADS
 
@@ -154,7 +154,8 @@ def single_stage_main(argv: list[str] | None = None) -> int:
 
 # ---- shared ---------------------------------------------------------------------------------------
 def _parser(doc: str, size_help: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=as_invoked(doc), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(doc),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_flags(parser)
     if size_help:
         next(a for a in parser._actions if "--size" in a.option_strings).help = size_help

@@ -18,7 +18,8 @@ image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default="dataset", help="dataset folder holding train/, valid/ and test/")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
                         help="training stage to check for: 1 = boxes, 2 = masks (every non-crowd object needs one)")
