@@ -10,13 +10,13 @@ precision of ``--dtypes`` (``float32``; ``bfloat16``: the bf16 autocast of ``dty
 Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
-The paired efficiency times one forward and one oneDNN probe product back to back in each of
-``--runs`` rounds and takes the median of the per-round ratios: the figure to read on a shared
-host, whose speed drifts between phases (separately timed probes moved by 40% between runs here).
-Two probes: torch's ``a @ b`` (MKL sgemm on x86: the issue's definition of efficiency) and the same
-product on oneDNN, which the model's linear layers use for CPU inference (rfdetr.models.linear);
-on some CPUs (AMD EPYC) oneDNN runs twice as fast as MKL, so both ratios are reported.
-Set RFDETR_ONEDNN_LINEAR=0 to measure the plain F.linear path.
+Two probes: torch's ``a @ b`` (MKL sgemm on x86) and the same product on oneDNN; on some CPUs (AMD
+EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the model's linear
+layers take the faster one for CPU inference (rfdetr.models.linear), so both ratios are reported.
+The paired efficiency times one forward and both probe products back to back in each of ``--runs``
+rounds and takes the median of the per-round ratios against the faster probe: the figure to read
+on a shared host, whose speed drifts between phases (separately timed probes moved by 40% between
+runs here). Set RFDETR_ONEDNN_LINEAR=0 or 1 to force the linear layers' path.
 Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
 
 Then, for one size (``--predict_size``, default nano), the end-to-end ``predict()`` path on a 1080p
@@ -105,21 +105,25 @@ def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
 
 
 def paired_efficiency(run, gflop: float, rounds: int) -> float:
-    """Median over ``rounds`` of the model's GFLOP/s over the fp32 probe's (oneDNN's where this torch has
-    it, else ``a @ b``), the two timed back to back in each round: on a shared host whose speed drifts
-    by tens of percent between phases, a slow phase slows both sides of each ratio."""
+    """Median over ``rounds`` of the model's GFLOP/s over the best fp32 probe's (the faster of ``a @ b``
+    and oneDNN's product in that round), the model and the probes timed back to back in each round: on
+    a shared host whose speed drifts by tens of percent between phases, a slow phase slows both sides
+    of each ratio."""
     from rfdetr.models.linear import _KERNEL
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(PROBE_N, PROBE_N, generator=gen), torch.randn(PROBE_N, PROBE_N, generator=gen)
     out = torch.empty(PROBE_N, PROBE_N)
-    probe = ((lambda: _KERNEL(a, b, None, "none", [], "")) if _KERNEL is not None
-             else (lambda: torch.matmul(a, b, out=out)))
+    probes = [lambda: torch.matmul(a, b, out=out)]
+    if _KERNEL is not None:
+        probes.append(lambda: _KERNEL(a, b, None, "none", [], ""))
     ratios = []
     with torch.inference_mode():
-        probe()
+        for probe in probes:
+            probe()
         for _ in range(rounds):
-            model_ms, probe_ms = timed_ms(run, 0, 1)[0], timed_ms(probe, 0, 1)[0]
+            model_ms = timed_ms(run, 0, 1)[0]
+            probe_ms = min(timed_ms(probe, 0, 1)[0] for probe in probes)
             ratios.append((gflop / model_ms) / (2 * PROBE_N**3 / 1e9 / probe_ms))
     return statistics.median(ratios)
 

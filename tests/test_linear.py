@@ -6,6 +6,7 @@ a torch build with or without oneDNN.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -84,6 +85,22 @@ def test_kernel_lookup_honours_the_switch_and_the_build(monkeypatch):
     monkeypatch.setenv("RFDETR_ONEDNN_LINEAR", "1")
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert linear._onednn_kernel() is None
+
+
+@pytest.mark.parametrize(("vendor", "setting", "onednn"), [
+    ("AuthenticAMD", None, True),  # MKL runs at about half oneDNN's rate there
+    ("GenuineIntel", None, False),  # MKL is the faster kernel on Intel
+    ("", None, True),  # vendor unknown (no /proc/cpuinfo, other architectures)
+    ("GenuineIntel", "1", True),
+    ("AuthenticAMD", "0", False),
+    ("AuthenticAMD", "auto", True),
+])
+def test_the_kernel_is_chosen_by_cpu_vendor_unless_the_environment_says(monkeypatch, vendor, setting, onednn):
+    if setting is None:
+        monkeypatch.delenv("RFDETR_ONEDNN_LINEAR", raising=False)
+    else:
+        monkeypatch.setenv("RFDETR_ONEDNN_LINEAR", setting)
+    assert linear._onednn_preferred(vendor) is onednn
 
 
 def test_this_builds_inference_path_matches_f_linear():

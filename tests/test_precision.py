@@ -15,7 +15,8 @@ from rfdetr.models import build_detector
 from rfdetr.models.linear import Linear
 from rfdetr.training.trainer import Trainer
 from rfdetr.util import precision
-from rfdetr.util.precision import PrecisionUnavailable, autocast_dtype, autocast_for, cpu_flags, cpu_has_bf16
+from rfdetr.util.precision import (PrecisionUnavailable, autocast_dtype, autocast_for, cpu_flags, cpu_has_bf16,
+                                    cpu_vendor)
 
 CPU = torch.device("cpu")
 ZEN4_FLAGS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes"
@@ -39,6 +40,14 @@ def test_cpu_flags_are_read_from_the_first_processor(tmp_path):
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {ZEN4_FLAGS}\n\nprocessor\t: 1\nflags\t\t: fpu\n")
     assert cpu_flags(cpuinfo) == frozenset(ZEN4_FLAGS.split())
     assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_cpu_vendor_is_read_from_the_first_processor(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu\n\n"
+                       "processor\t: 1\nvendor_id\t: GenuineIntel\n")
+    assert cpu_vendor(cpuinfo) == "AuthenticAMD"
+    assert cpu_vendor(tmp_path / "missing") == ""
 
 
 def test_bf16_on_a_cpu_that_has_it(simulated_cpu):

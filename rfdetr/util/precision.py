@@ -22,17 +22,27 @@ class PrecisionUnavailable(ValueError):
     """The requested precision cannot run on this device."""
 
 
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The instruction-set flags the first CPU of ``cpuinfo`` lists (empty where there is no such file)."""
+def _first_cpu_field(cpuinfo: Path, keys: tuple[str, ...]) -> str:
+    """The value of the first line of ``cpuinfo`` whose key is one of ``keys`` ("" if none or no file)."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in keys:
+            return value.strip()
+    return ""
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags the first CPU of ``cpuinfo`` lists (empty where there is no such file)."""
+    return frozenset(_first_cpu_field(cpuinfo, ("flags", "Features")).split())
+
+
+def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The first CPU's vendor string, e.g. ``"GenuineIntel"`` or ``"AuthenticAMD"`` ("" where unknown)."""
+    return _first_cpu_field(cpuinfo, ("vendor_id",))
 
 
 @functools.cache
