@@ -12,11 +12,12 @@ multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measu
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
 Two probes: torch's ``a @ b`` (MKL sgemm on x86) and the same product on oneDNN; on some CPUs (AMD
 EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the model's linear
-layers take the faster one for CPU inference (rfdetr.models.linear), so both ratios are reported.
+layers take oneDNN or (packed) MKL by CPU vendor for CPU inference (rfdetr.models.linear), so both
+ratios are reported.
 The paired efficiency times one forward and both probe products back to back in each of ``--runs``
 rounds and takes the median of the per-round ratios against the faster probe: the figure to read
 on a shared host, whose speed drifts between phases (separately timed probes moved by 40% between
-runs here). Set RFDETR_ONEDNN_LINEAR=0 or 1 to force the linear layers' path.
+runs here). Set RFDETR_CPU_LINEAR=mkl, onednn or aten to force the linear layers' path.
 Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
 
 Then, for one size (``--predict_size``, default nano), the end-to-end ``predict()`` path on a 1080p
@@ -47,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
-from rfdetr.models.linear import onednn_linear
+from rfdetr.models.linear import fast_linear
 from rfdetr.util.precision import cpu_flags, cpu_has_bf16, inference_autocast
 from rfdetr.util.weight_fill import fill_model_
 
@@ -84,7 +85,7 @@ def timed_ms(fn, warmup: int, runs: int) -> list[float]:
 def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     """fp32 matmul rates of this process (GFLOP/s): torch's ``a @ b`` (the issue's probe) and the
     same product on oneDNN (what :class:`rfdetr.models.linear.Linear` uses; 0 if unavailable)."""
-    from rfdetr.models.linear import _KERNEL
+    from rfdetr.models.linear import ONEDNN_OP
 
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(PROBE_N, PROBE_N, generator=gen)
@@ -97,9 +98,9 @@ def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     if cpu_has_bf16():  # torch's bf16 matmul (oneDNN/AMX on CPUs that have them)
         a16, b16, out16 = a.bfloat16(), b.bfloat16(), out.bfloat16()
         rates["bf16"] = rate(statistics.median(timed_ms(lambda: torch.matmul(a16, b16, out=out16), warmup, runs)))
-    if _KERNEL is not None:
+    if ONEDNN_OP is not None:
         with torch.inference_mode():
-            rates["onednn"] = rate(statistics.median(timed_ms(lambda: _KERNEL(a, b, None, "none", [], ""),
+            rates["onednn"] = rate(statistics.median(timed_ms(lambda: ONEDNN_OP(a, b, None, "none", [], ""),
                                                               warmup, runs)))
     return rates
 
@@ -109,14 +110,14 @@ def paired_efficiency(run, gflop: float, rounds: int) -> float:
     and oneDNN's product in that round), the model and the probes timed back to back in each round: on
     a shared host whose speed drifts by tens of percent between phases, a slow phase slows both sides
     of each ratio."""
-    from rfdetr.models.linear import _KERNEL
+    from rfdetr.models.linear import ONEDNN_OP
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(PROBE_N, PROBE_N, generator=gen), torch.randn(PROBE_N, PROBE_N, generator=gen)
     out = torch.empty(PROBE_N, PROBE_N)
     probes = [lambda: torch.matmul(a, b, out=out)]
-    if _KERNEL is not None:
-        probes.append(lambda: _KERNEL(a, b, None, "none", [], ""))
+    if ONEDNN_OP is not None:
+        probes.append(lambda: ONEDNN_OP(a, b, None, "none", [], ""))
     ratios = []
     with torch.inference_mode():
         for probe in probes:
@@ -187,8 +188,8 @@ def worker(size: str, args: argparse.Namespace) -> dict:
             batch_ms = statistics.median(timed_ms(functools.partial(run_batch, batch), 1, max(3, args.runs // 3)))
         throughput = args.throughput_batch / (batch_ms / 1e3)
 
-    # The FLOP counter sees aten matmuls only: count with the oneDNN linear path off (same math).
-    with torch.inference_mode(), onednn_linear(False), FlopCounterMode(display=False) as counter:
+    # The FLOP counter sees aten matmuls only: count with the fast linear paths off (same math).
+    with torch.inference_mode(), fast_linear(False), FlopCounterMode(display=False) as counter:
         model(x)
     gflop = counter.get_total_flops() / 1e9
     paired = paired_efficiency(run, gflop, rounds=args.runs)

@@ -146,8 +146,8 @@ def test_the_wrappers_take_a_dtype_and_refuse_what_the_cpu_lacks(simulated_cpu):
     assert len(detections) == model.config.num_select and np.isfinite(detections.xyxy).all()
 
 
-def test_attention_runs_in_fp32_under_a_cpu_autocast_only():
-    from rfdetr.models.cpu_precision import attention_in_fp32_on_cpu
+def test_attention_runs_in_fp32_under_a_cpu_autocast_only_while_autograd_records():
+    from rfdetr.models.cpu_precision import attention_under_cpu_autocast
 
     seen = []
 
@@ -157,7 +157,10 @@ def test_attention_runs_in_fp32_under_a_cpu_autocast_only():
 
     q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.bfloat16) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attention_in_fp32_on_cpu(attend, q, k, v)
-    assert seen == [(torch.float32, False)] and out.dtype == torch.float32
-    plain = attention_in_fp32_on_cpu(attend, q, k, v)  # no autocast: the call is unchanged
-    assert seen[1] == (torch.bfloat16, False) and plain.dtype == torch.bfloat16
+        out = attention_under_cpu_autocast(attend, q, k, v)
+        with torch.no_grad():  # inference: the bf16 forward is the faster one
+            inferred = attention_under_cpu_autocast(attend, q, k, v)
+    assert seen == [(torch.float32, False), (torch.bfloat16, True)]
+    assert out.dtype == torch.float32 and inferred.dtype == torch.bfloat16
+    plain = attention_under_cpu_autocast(attend, q, k, v)  # no autocast: the call is unchanged
+    assert seen[2] == (torch.bfloat16, False) and plain.dtype == torch.bfloat16

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfdetr.models.cpu_precision import attention_in_fp32_on_cpu
+from rfdetr.models.cpu_precision import attention_under_cpu_autocast
 from rfdetr.models.linear import Linear
 from rfdetr.models.ms_deform_attn import MSDeformAttn
 
@@ -121,7 +121,7 @@ class DecoderLayer(nn.Module):
             # Stack the query groups on the batch axis so that attention stays inside a group.
             group_size = num_queries // self.group_detr
             q, k, v = (torch.cat(t.split(group_size, dim=1), dim=0) for t in (q, k, v))
-        attended = attention_in_fp32_on_cpu(self.self_attn, q, k, v, need_weights=False)[0]
+        attended = attention_under_cpu_autocast(self.self_attn, q, k, v, need_weights=False)[0]
         if self.training:
             attended = torch.cat(attended.split(batch, dim=0), dim=1)
         tgt = self.norm1(tgt + attended)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rfdetr.config import EncoderSpec
-from rfdetr.models.cpu_precision import attention_in_fp32_on_cpu
+from rfdetr.models.cpu_precision import attention_under_cpu_autocast, inference_autocast_dtype
 from rfdetr.models.linear import Linear
 
 
@@ -112,7 +112,7 @@ class QueryKeyValue(nn.Module):
         query = self.query(x)
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
-        context = attention_in_fp32_on_cpu(F.scaled_dot_product_attention, self._split_heads(query), key, value)
+        context = attention_under_cpu_autocast(F.scaled_dot_product_attention, self._split_heads(query), key, value)
         batch, _, length, _ = context.shape
         return context.permute(0, 2, 1, 3).contiguous().view(batch, length, -1)
 
@@ -144,7 +144,7 @@ class LayerScale(nn.Module):
         self.lambda1 = nn.Parameter(torch.full((width,), init_value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.lambda1
+        return x * self.lambda1.to(x.dtype)  # a bf16 stream stays bf16 (a no-op in fp32)
 
 
 class Mlp(nn.Module):
@@ -207,6 +207,9 @@ class WindowedViT(nn.Module):
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Normalised hidden states ``[B * nw**2, 1 + tokens_per_window, width]``, one per tapped stage."""
         x = self.embeddings(images)
+        stream_dtype = inference_autocast_dtype(x)
+        if stream_dtype is not None:
+            x = x.to(stream_dtype)  # one cast here instead of one per consumer in every block
         taps = self.out_feature_indexes
         states = []
         for index in range(taps[-1]):
