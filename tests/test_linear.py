@@ -107,7 +107,6 @@ def test_the_kernel_is_chosen_by_cpu_vendor_and_build_unless_the_environment_say
     assert choose_kernel(vendor, {name: True for name in available.split()}) == kernel
 
 
-@pytest.mark.skipif(not linear._mkl_ops_available(), reason="this torch build has no MKL")
 def test_packed_mkl_path_is_bit_identical_and_repacks_when_the_weight_changes(monkeypatch):
     monkeypatch.setattr(linear, "_KERNEL", "mkl")
     monkeypatch.setattr(linear, "_enabled", True)
