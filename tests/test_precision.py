@@ -15,6 +15,7 @@ from rfdetr.models import build_detector
 from rfdetr.models.linear import Linear
 from rfdetr.training.trainer import Trainer
 from rfdetr.util import precision
+from rfdetr.util.weight_fill import fill_model_
 from rfdetr.util.precision import (PrecisionUnavailable, autocast_dtype, autocast_for, cpu_flags, cpu_has_bf16,
                                     cpu_vendor)
 
@@ -144,6 +145,25 @@ def test_the_wrappers_take_a_dtype_and_refuse_what_the_cpu_lacks(simulated_cpu):
     detections = model.predict(torch.rand(3, 64, 80), threshold=0.0)
     assert seen == [torch.bfloat16] and detections.xyxy.dtype.name == "float32"
     assert len(detections) == model.config.num_select and np.isfinite(detections.xyxy).all()
+
+
+def test_a_mask_model_predicts_masks_in_bf16(simulated_cpu):
+    from rfdetr import RFDETRNano
+
+    # Post-processing computes the masks after the forward's autocast has ended, from the forward's bf16
+    # features: the mask head must run under the forward's autocast again.
+    simulated_cpu(ZEN4_FLAGS)
+    model = RFDETRNano(pretrain_weights=None, masks=True, device="cpu", num_queries=20, resolution=128,
+                       dtype="bfloat16")
+    fill_model_(model.model, seed=0)
+    image = torch.rand(3, 96, 128)
+    detections = model.predict(image, threshold=0.0)
+    assert detections.mask.shape == (len(detections), 96, 128) and detections.mask.dtype == bool
+    reference = RFDETRNano(pretrain_weights=None, masks=True, device="cpu", num_queries=20, resolution=128)
+    reference.model.load_state_dict(model.model.state_dict())
+    expected = reference.predict(image, threshold=0.0)
+    agree = (detections.mask[0] == expected.mask[0]).mean()
+    assert agree > 0.9, agree  # the top detection's mask, bf16 against fp32
 
 
 def test_attention_runs_in_fp32_under_a_cpu_autocast_only_while_autograd_records():

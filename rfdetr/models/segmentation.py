@@ -38,7 +38,9 @@ class MaskContext:
     ``pred_logits``; query_boxes ``[B, Q', 4]``: their ``pred_boxes`` (detached); fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
     (stride 8 also holds any finer projector level); image_size ``(H, W)`` of the padded batch;
     image_mask ``[B, H, W]`` its padding; head: the ``DETRsegm`` that made the context, whose
-    mask head :meth:`predict` runs (an EMA copy's context runs the EMA's head).
+    mask head :meth:`predict` runs (an EMA copy's context runs the EMA's head); autocast_dtype: the
+    autocast the forward ran under (None: none), which :meth:`predict` runs under again, since
+    post-processing calls it after the forward's autocast has ended.
     """
 
     memory: torch.Tensor
@@ -49,10 +51,15 @@ class MaskContext:
     image_size: tuple[int, int]
     image_mask: torch.Tensor
     head: "DETRsegm" = field(repr=False)
+    autocast_dtype: torch.dtype | None = None
 
     def predict(self, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        """Mask logits ``[N, H4, W4]`` for the pairs ``(batch_index, query_index)`` (:meth:`DETRsegm.predict_masks`)."""
-        return self.head.predict_masks(self, batch_index, query_index)
+        """Mask logits ``[N, H4, W4]`` (fp32) for the pairs ``(batch_index, query_index)``
+        (:meth:`DETRsegm.predict_masks`)."""
+        if self.autocast_dtype is None:
+            return self.head.predict_masks(self, batch_index, query_index)
+        with torch.autocast(self.memory.device.type, dtype=self.autocast_dtype):
+            return self.head.predict_masks(self, batch_index, query_index).float()
 
     @property
     def mask_size(self) -> tuple[int, int]:
@@ -153,6 +160,8 @@ class DETRsegm(nn.Module):
             image_size=tuple(samples.tensors.shape[-2:]),
             image_mask=samples.mask,
             head=self,
+            autocast_dtype=(torch.get_autocast_dtype(levels[-1].device.type)
+                            if torch.is_autocast_enabled(levels[-1].device.type) else None),
         )
         return outputs
 
