@@ -64,7 +64,7 @@ def profile_size(size: str, args: argparse.Namespace) -> dict:
     per_class: dict[str, float] = defaultdict(float)
     per_op: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for event in prof.key_averages():
-        if not event.key.startswith(("aten::", "mkldnn::")):
+        if not event.key.startswith(("aten::", "mkldnn::", "mkl::")):
             continue
         label = operator_class(event.key)
         per_class[label] += event.self_cpu_time_total
