@@ -10,6 +10,9 @@ precision of ``--dtypes`` (``float32``; ``bfloat16``: the bf16 autocast of ``dty
 Reports median/min/max latency, parameters, GFLOP of one forward (FlopCounterMode: one
 multiply-add = 2 FLOPs), achieved GFLOP/s, this machine's fp32 matmul rate measured in the same
 process with the same thread count, their ratio (efficiency) and the peak RSS of that process.
+The bf16 and int8 rows also give their speed-up over fp32 (PyTorch, resp. ONNX Runtime) with the
+two alternated in the same process ("vs fp32, alternated"); "vs fp32" divides medians measured
+in different processes, minutes apart.
 Two probes: torch's ``a @ b`` (MKL sgemm on x86) and the same product on oneDNN; on some CPUs (AMD
 EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the model's linear
 layers take oneDNN or (packed) MKL by CPU vendor for CPU inference (rfdetr.models.linear), so both
@@ -33,6 +36,7 @@ evicted its data from the caches.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import resource
@@ -129,6 +133,13 @@ def paired_efficiency(run, gflop: float, rounds: int) -> float:
     return statistics.median(ratios)
 
 
+def paired_speedup(reference, candidate, rounds: int) -> float:
+    """Median over ``rounds`` of reference time / candidate time, the two run back to back in each round
+    (after one untimed call each), so that the host's drift between phases cancels out of each ratio."""
+    reference(), candidate()
+    return statistics.median(timed_ms(reference, 0, 1)[0] / timed_ms(candidate, 0, 1)[0] for _ in range(rounds))
+
+
 def forward_in(autocast, model: torch.nn.Module, x: torch.Tensor):
     with autocast():
         return model(x)
@@ -170,13 +181,17 @@ def worker(size: str, args: argparse.Namespace) -> dict:
             run_fp32, run, difference = onnx_runs(model, size, x, folder)
             times = timed_ms(run, args.warmup, args.runs)
             extra = {"onnx_fp32_ms": statistics.median(timed_ms(run_fp32, args.warmup, args.runs)),
-                     "int8_max_logit_diff": difference}
+                     "int8_max_logit_diff": difference,
+                     "paired_speedup": paired_speedup(run_fp32, run, args.runs)}
             run_batch = None  # the graph's batch size is fixed at export
     else:
         autocast = inference_autocast(args.dtype, torch.device("cpu"))
         run = torch.inference_mode()(functools.partial(forward_in, autocast, model, x))
         times = timed_ms(run, args.warmup, args.runs)
         run_batch = functools.partial(forward_in, autocast, model)
+        if args.dtype != "float32":  # against fp32 PyTorch, alternated in this process
+            run_fp32 = torch.inference_mode()(functools.partial(forward_in, contextlib.nullcontext, model, x))
+            extra = {"paired_speedup": paired_speedup(run_fp32, run, args.runs)}
     rss_after = proc.memory_info().rss
     # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
@@ -306,11 +321,13 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 
 
 def markdown_table(results: list[dict]) -> str:
-    header = ["size", "dtype", "vs fp32", "resolution", "params (M)", "GFLOP", "median ms", "min ms", "max ms",
+    header = ["size", "dtype", "vs fp32", "vs fp32, alternated", "resolution", "params (M)", "GFLOP", "median ms",
+              "min ms", "max ms",
               "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
               "vs best fp32 probe", "paired efficiency", "bf16 probe GFLOP/s", "images/s at batch N", "peak RSS (MB)"]
     fp32 = {r["size"]: r["median_ms"] for r in results if r["dtype"] == "float32"}
     rows = [[r["size"], r["dtype"], f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
+             f"{r['paired_speedup']:.2f}x" if "paired_speedup" in r else "-",
              str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
@@ -323,7 +340,8 @@ def markdown_table(results: list[dict]) -> str:
     for r in results:
         if r["dtype"] == "int8":
             lines.append(f"\n{r['size']} int8 row: ONNX Runtime int8 {r['median_ms']:.1f} ms vs ONNX Runtime fp32 "
-                         f"{r['onnx_fp32_ms']:.1f} ms = {r['onnx_fp32_ms'] / r['median_ms']:.2f}x; max |logit "
+                         f"{r['onnx_fp32_ms']:.1f} ms = {r['onnx_fp32_ms'] / r['median_ms']:.2f}x (alternated: "
+                         f"{r['paired_speedup']:.2f}x); max |logit "
                          f"difference| int8 vs fp32 {r['int8_max_logit_diff']:.2f} (accuracy: "
                          f"bench_precision_accuracy.py on a trained checkpoint)")
     return "\n".join(lines)
