@@ -8,7 +8,8 @@ One optimizer step is what the training loop does per step with ``grad_accum_ste
 train mode (all ``group_detr`` query groups), the criterion (every decoder layer and the two-stage
 proposals Hungarian-matched), the weighted loss, backward, ``clip_grad_norm_(0.1)``, the AdamW step
 (the real parameter groups of :func:`rfdetr.training.optim.build_optimizer`) and ``zero_grad``.
-fp32 on CPU, ``torch.set_num_threads(N)``.
+fp32 on CPU, ``torch.set_num_threads(N)``, in a retained heap as the trainer's CPU steps
+(:mod:`rfdetr.util.heap`; ``RFDETR_CPU_HEAP=system`` measures without it).
 
 The batch is fixed and built before timing: synthetic COCO images loaded with the deterministic
 evaluation transforms (``train=False``: a plain resize to ``resolution x resolution``), so data
@@ -74,6 +75,7 @@ from rfdetr.models.mask_geometry import valid_cells, valid_fractions
 from rfdetr.models.mask_losses import add_mask_losses, dense_pair, dice_per_mask, sigmoid_ce_per_mask
 from rfdetr.models.matcher import ImageMatch
 from rfdetr.training.optim import build_optimizer
+from rfdetr.util.heap import retained_heap
 from rfdetr.util.precision import autocast_for
 from rfdetr.util.weight_fill import fill_model_
 
@@ -190,10 +192,10 @@ class Configuration:
 
 
 CONFIGURATIONS: dict[str, Configuration] = {
-    "nano": Configuration("nano", "detector, 13 query groups, aux + two-stage losses (defaults: ViT blocks "
-                                  "recomputed in backward)"),
-    "nano-no-ckpt": Configuration("nano", "same with gradient_checkpointing=False (faster steps, more memory)",
-                                  model_overrides=(("gradient_checkpointing", False),)),
+    "nano": Configuration("nano", "detector, 13 query groups, aux + two-stage losses (defaults)"),
+    "nano-ckpt": Configuration("nano", "same with gradient_checkpointing=True (ViT blocks recomputed in "
+                                       "backward: less memory, slower steps)",
+                               model_overrides=(("gradient_checkpointing", True),)),
 }
 
 
@@ -265,17 +267,18 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
 
-    for _ in range(args.warmup):  # the first steps allocate AdamW state and grow the allocator
-        step()
     times, cpu_times, pairs_per_step = [], [], []
-    load_before = os.getloadavg()[0]
-    for _ in range(args.steps):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        pairs_before = sum(mask_pairs)
-        step()
-        pairs_per_step.append(sum(mask_pairs) - pairs_before)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+    with retained_heap() as heap_retained:  # as the trainer runs its CPU steps
+        for _ in range(args.warmup):  # the first steps allocate AdamW state and grow the allocator
+            step()
+        load_before = os.getloadavg()[0]
+        for _ in range(args.steps):
+            start, cpu_start = time.perf_counter(), time.process_time()
+            pairs_before = sum(mask_pairs)
+            step()
+            pairs_per_step.append(sum(mask_pairs) - pairs_before)
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux
 
     median_s = statistics.median(times)
@@ -301,7 +304,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         "rss_after_mb": proc.memory_info().rss / 1e6,
         # the figures are for batch 2 at 384 px only
         "compare_upstream": setup.compare_upstream,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "heap_retained": heap_retained,
     }
     if setup.stage == 2:
         result.update({"stage": 2, "mask_head": build.mask_head, "query_slots": build.query_slots,

@@ -241,3 +241,29 @@ def test_multi_scale_sides_follow_the_training_resolution(tiny_dataset, tmp_path
     assert relative._batch_scales() == [128, 160, 192, 224, 256]
     upstream = _trainer(tiny_dataset, tmp_path, resolution=192, multi_scale=True, relative_scales=False)
     assert upstream._batch_scales() == list(range(64, 353, 32))
+
+
+def test_cpu_training_steps_run_in_a_retained_heap(tiny_dataset, tmp_path, monkeypatch):
+    import contextlib
+
+    from rfdetr.training import trainer as trainer_module
+
+    events = []
+    real_heap, real_epoch = trainer_module.retained_heap, trainer_module.train_one_epoch
+
+    @contextlib.contextmanager
+    def watched_heap(enabled=True):
+        with real_heap(enabled) as active:
+            events.append(("heap", enabled, active))
+            yield active
+        events.append(("heap closed",))
+
+    def watched_epoch(*arguments, **keywords):
+        events.append(("epoch",))
+        return real_epoch(*arguments, **keywords)
+
+    monkeypatch.delenv("RFDETR_CPU_HEAP", raising=False)
+    monkeypatch.setattr(trainer_module, "retained_heap", watched_heap)
+    monkeypatch.setattr(trainer_module, "train_one_epoch", watched_epoch)
+    _trainer(tiny_dataset, tmp_path, epochs=2, use_ema=False, run_test=False, plots=False).fit()
+    assert events == [("heap", True, True), ("epoch",), ("epoch",), ("heap closed",)]

@@ -49,6 +49,7 @@ from rfdetr.training.plots import write_results_plot
 from rfdetr.training.progress import epoch_summary, resolve_mode
 from rfdetr.training.reporting import RunReporter, flatten_result, metric_scalars
 from rfdetr.util.device import resolve_device
+from rfdetr.util.heap import retained_heap
 from rfdetr.util.precision import autocast_for
 
 logger = logging.getLogger(__name__)
@@ -185,29 +186,36 @@ class Trainer:
             (self.output_dir / "run_config.json").write_text(json.dumps(self.run.model_dump(), indent=2))
         reporter = RunReporter(self.output_dir, tensorboard=config.tensorboard, wandb=config.wandb, enabled=main,
                                project=config.project, run=config.run, config=config.model_dump())
-        stopped_early = False
         if self.start_epoch > 0:
             reporter.restart_log(self.history)
         try:
-            for epoch in range(self.start_epoch, config.epochs):
-                started = time.monotonic()
-                record, scalars = self._run_epoch_naming_the_last_checkpoint(epoch)
-                reporter.log_epoch(record, scalars, epoch)
-                if main and self.progress != "none":
-                    logger.info("%s", epoch_summary(record, config.epochs, time.monotonic() - started, self.select_on))
-                if main and config.plots:
-                    self._draw(write_results_plot, self.history, self.output_dir / "results.png")
-                stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
-                if stop:
-                    logger.info("early stopping after epoch %d: no improvement > %g for %d epochs", epoch,
-                                config.early_stopping_min_delta, config.early_stopping_patience)
-                    stopped_early = True
-                    break
-            self._finish()
+            # CPU steps free and re-allocate the same large buffers: keep them in the heap (rfdetr.util.heap)
+            with retained_heap(self.device.type == "cpu"):
+                stopped_early = self._train_epochs(reporter)
+                self._finish()
         finally:
             reporter.close()
         kind = max(self.best, key=self.best.get)
         return TrainResult(self.output_dir, self.best_epoch[kind], self.best[kind], self.history, stopped_early)
+
+    def _train_epochs(self, reporter: RunReporter) -> bool:
+        """Epochs from ``start_epoch`` to the end, or until early stopping (then ``True``)."""
+        config = self.config
+        main = dist.is_main_process()
+        for epoch in range(self.start_epoch, config.epochs):
+            started = time.monotonic()
+            record, scalars = self._run_epoch_naming_the_last_checkpoint(epoch)
+            reporter.log_epoch(record, scalars, epoch)
+            if main and self.progress != "none":
+                logger.info("%s", epoch_summary(record, config.epochs, time.monotonic() - started, self.select_on))
+            if main and config.plots:
+                self._draw(write_results_plot, self.history, self.output_dir / "results.png")
+            stop = dist.broadcast_object(self.stopper.should_stop) if config.early_stopping else False
+            if stop:
+                logger.info("early stopping after epoch %d: no improvement > %g for %d epochs", epoch,
+                            config.early_stopping_min_delta, config.early_stopping_patience)
+                return True
+        return False
 
     def _run_epoch_naming_the_last_checkpoint(self, epoch: int) -> tuple[dict, dict]:
         try:
