@@ -3,50 +3,71 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
 from rfdetr.util import heap
 from rfdetr.util.heap import retained_heap
 
+ROOT = Path(__file__).resolve().parents[1]
+
 BUFFER_BYTES = 64 * 2**20  # above glibc's largest mmap threshold (32 MiB): a fresh mapping by default
 PAGES = BUFFER_BYTES // resource.getpagesize()
 
+# Run in a fresh interpreter: a heap that earlier code grew (a test that trained) serves the buffer from
+# its free chunks, whatever malloc's settings are now. Prints the faults of one buffer once the heap is
+# steady: each buffer is allocated, filled and freed; torch's aligned request is a little larger than the
+# chunk the previous buffer freed, so a retained heap first grows by a few buffers, then reuses them.
+PROBE = """
+import resource, sys, torch
+from rfdetr.util.heap import retained_heap
 
-def faults_of_last_buffers(rounds: int = 12, measured: int = 3) -> int:
-    """Minor page faults per buffer while the last ``measured`` of ``rounds`` same-sized buffers are filled.
-
-    Each buffer is allocated, filled and freed. glibc's aligned allocation asks for a little more than
-    the chunk the previous buffer freed, so a retained heap first grows by a few buffers; after that
-    every buffer reuses freed pages.
-    """
-    faults = 0
+def faults(rounds=12, measured=3):
+    total = 0
     for round_ in range(rounds):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(BUFFER_BYTES // 4)
+        torch.ones({elements})
         if round_ >= rounds - measured:
-            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    return faults // measured
+            total += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    return total // measured
+
+mode = sys.argv[1]
+if mode == "default":
+    print(faults())
+elif mode == "after":
+    with retained_heap():
+        faults()
+    print(faults())
+else:
+    with retained_heap(mode != "disabled") as active:
+        print(faults(), active)
+""".format(elements=BUFFER_BYTES // 4)
 
 
-def test_freed_buffers_are_reused_without_page_faults(monkeypatch):
+def probe(mode: str, setting: str = "retain") -> list[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RFDETR_CPU_HEAP": setting}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_freed_buffers_are_reused_without_page_faults():
     assert heap.glibc() is not None  # Linux with glibc, as CI
-    monkeypatch.delenv("RFDETR_CPU_HEAP", raising=False)
-    assert faults_of_last_buffers(rounds=4) > PAGES // 2  # glibc's default: unmapped on free, faulted in again
-    with retained_heap() as active:
-        assert active
-        assert faults_of_last_buffers() < PAGES // 20
-    assert faults_of_last_buffers(rounds=4) > PAGES // 2  # defaults restored after the block
+    assert int(probe("default")[0]) > PAGES // 2  # glibc's default: unmapped on free, faulted in again
+    faults, active = probe("retained")
+    assert active == "True" and int(faults) < PAGES // 20
+    assert int(probe("after")[0]) > PAGES // 2  # glibc's settings are back after the block
 
 
-@pytest.mark.parametrize("enabled, setting", [(False, "retain"), (True, "system")])
-def test_the_heap_is_left_alone_when_disabled_or_asked_to(monkeypatch, enabled, setting):
-    monkeypatch.setenv("RFDETR_CPU_HEAP", setting)
-    with retained_heap(enabled) as active:
-        assert not active
-        assert faults_of_last_buffers() > PAGES // 2
+@pytest.mark.parametrize("mode, setting", [("disabled", "retain"), ("retained", "system")])
+def test_the_heap_is_left_alone_when_disabled_or_asked_to(mode, setting):
+    faults, active = probe(mode, setting)
+    assert active == "False" and int(faults) > PAGES // 2
 
 
 def test_an_unknown_setting_warns_and_retains(monkeypatch, caplog):
