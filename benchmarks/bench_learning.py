@@ -179,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.upstream_python:
         runs.append(("upstream-1.2.1 (multi-scale off)", None))
     results = []
-    for name, flags in runs:
-        for seed in args.seeds:
+    # seeds outside, runs inside: the runs of one seed follow each other, so a slow phase of the host
+    # falls on every run alike rather than on one of them
+    for seed in args.seeds:
+        for name, flags in runs:
             run = work / "runs" / f"{name.split()[0]}_seed{seed}"
             if flags is None:
                 seconds = train_upstream(args.upstream_python, data, run, args, seed)
