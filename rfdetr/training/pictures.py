@@ -18,10 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 from rfdetr.classes import ClassTable
 from rfdetr.training.plots import save_atomically, write_confusion_plot
+from rfdetr.util.box_ops import box_iou
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def pairs(boxes: torch.Tensor, true_boxes: torch.Tensor) -> list[tuple[int, int]
     """Greedy (prediction, truth) pairs with IoU >= IOU_MATCH, highest IoU first, each used once."""
     if len(boxes) == 0 or len(true_boxes) == 0:
         return []
-    iou = box_iou(boxes, true_boxes)
+    iou, _ = box_iou(boxes, true_boxes)
     candidates = (iou >= IOU_MATCH).nonzero().tolist()
     candidates.sort(key=lambda rc: -float(iou[rc[0], rc[1]]))
     used_p, used_t, matched = set(), set(), []
