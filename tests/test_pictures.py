@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import torch
 
@@ -44,3 +47,11 @@ def test_confusion_matrix_counts_pairs_misses_and_false_alarms():
 def test_best_f1_threshold_drops_confident_enough_false_alarms():
     results = [_result([(A, 1), (B, 1)], [(A, 1, 0.9), (B, 1, 0.6), (C, 1, 0.3), ([70, 70, 80, 80], 1, 0.2)])]
     assert best_f1_threshold(results) == 0.35  # keeps both hits (0.6, 0.9), drops both false alarms (0.2, 0.3)
+
+
+def test_the_training_path_does_not_import_torchvision():
+    # torchvision's import pulls in torch._dynamo and sympy: seconds of start-up in every training run
+    probe = ("import sys, rfdetr.training.stages, rfdetr.cli.training; "
+             "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
