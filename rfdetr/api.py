@@ -21,6 +21,7 @@ from rfdetr.config import PRETRAINED_NAMES, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
+from rfdetr.models.dense_mask_postprocess import PostProcessDenseMasks
 from rfdetr.models.mask_postprocess import PostProcessMasks
 from rfdetr.util.device import resolve_device
 from rfdetr.util.precision import inference_autocast
@@ -68,10 +69,14 @@ class RFDETR:
         loaded = load_model(**arguments)
         self.model, self.classes, self.mask_config = loaded.model, loaded.classes, loaded.mask
         self.config: ModelConfig = loaded.config
-        self.masks = loaded.mask is not None
+        self.masks = loaded.has_masks
+        self.style = loaded.style  # how this file's release prepares images and boxes
         self.model.to(self.device).eval()
-        self.postprocess = PostProcess(self.config.num_select)
-        self.postprocess_masks = PostProcessMasks(self.config.num_select, max_masks=None)
+        self.postprocess = PostProcess(self.config.num_select, clamp_boxes=self.style.clamp_boxes)
+        if self.config.segmentation_head:
+            self.postprocess_masks = PostProcessDenseMasks(self.config.num_select, self.style.clamp_boxes)
+        else:
+            self.postprocess_masks = PostProcessMasks(self.config.num_select, max_masks=None)
 
     @property
     def class_names(self) -> dict[int, str]:
@@ -88,11 +93,11 @@ class RFDETR:
         ``data["category_id"]`` the dataset's (or COCO's) category ids.
         """
         check_threshold(threshold)
-        batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device)
+        batch, sizes, is_list = prepare_batch(images, self.config.resolution, self.device, self.style.antialias)
         self.model.eval()
         with self._autocast():
             outputs = self.model(batch)
-        outputs = {k: v.float() if k in ("pred_logits", "pred_boxes") else v for k, v in outputs.items()}
+        outputs = {k: v.float() if k in ("pred_logits", "pred_boxes", "pred_masks") else v for k, v in outputs.items()}
         if self.masks:  # masks only for the detections above the threshold
             results = self.postprocess_masks(outputs, sizes, self.classes.class_rows,
                                              score_threshold=threshold)
@@ -171,3 +176,33 @@ class RFDETRBase(RFDETR):
 
 class RFDETRLarge(RFDETR):
     size = "large"
+
+
+class RFDETRSegPreview(RFDETR):
+    """Upstream 1.11's segmentation models: a detector with a built-in mask head (see :mod:`rfdetr.models.seg_head`)."""
+
+    size = "seg-preview"
+
+
+class RFDETRSegNano(RFDETR):
+    size = "seg-nano"
+
+
+class RFDETRSegSmall(RFDETR):
+    size = "seg-small"
+
+
+class RFDETRSegMedium(RFDETR):
+    size = "seg-medium"
+
+
+class RFDETRSegLarge(RFDETR):
+    size = "seg-large"
+
+
+class RFDETRSegXLarge(RFDETR):
+    size = "seg-xlarge"
+
+
+class RFDETRSeg2XLarge(RFDETR):
+    size = "seg-2xlarge"

@@ -1,7 +1,8 @@
 """Reading, adapting and writing checkpoints.
 
 Formats read: ours (``{"model", "config", "classes", ...}``), upstream RF-DETR / fork training
-files (``{"model", "args": Namespace or dict, ...}``) and bare state dicts. Loading is strict:
+files (``{"model", "args": Namespace or dict, ...}``, and from upstream 1.6 on Lightning files, see
+:mod:`rfdetr.upstream`) and bare state dicts. Loading is strict:
 every difference is an explicit ``exclude`` pattern or an error. Files are written by
 :func:`rfdetr.durable.save_checkpoint` (atomic and durable).
 """
@@ -24,8 +25,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from rfdetr.classes import COCO_NUM_ROWS, ClassEntry, ClassTable
+from rfdetr.classes import COCO_CATEGORIES, COCO_NUM_ROWS, ClassTable, upstream_class_table
 from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig
+from rfdetr.upstream import (UpstreamFileError, drop_weightless_buffers, plain_checkpoint, upstream_geometry,
+                             upstream_version)
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +74,12 @@ def detector_state(state: Mapping) -> dict:
     return dict(state)
 
 
-def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
+def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False, dropped: list[str] | None = None) -> dict:
     """Load a ``.pth`` file as a dict with at least ``"model"`` (a bare state dict is wrapped).
+
+    An upstream Lightning file gives one set of weights (:func:`rfdetr.upstream.plain_checkpoint`); the
+    names of the copies it leaves out are appended to ``dropped``. Upstream's weightless keypoint buffer
+    is removed from the weights.
 
     Loading never runs pickled code (``weights_only``): besides tensors and plain data only
     ``argparse.Namespace`` (upstream's ``args``) is accepted, and with ``trusted`` (files from the
@@ -99,11 +106,24 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}. Is it a complete .pth file?") from error
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")
+    data, copies = plain_checkpoint(data, str(path))
+    if copies:
+        logger.info("%s: upstream's Lightning copies left out (%s); the weights used are its 'model'", path,
+                    ", ".join(copies))
+        if dropped is not None:
+            dropped.extend(copies)
     if "model" not in data:
         if data and all(isinstance(v, torch.Tensor) for v in data.values()):
             data = {"model": data}
         else:
-            raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {sorted(data)[:10]})")
+            raise CheckpointError(f"checkpoint {path} has no 'model' entry (keys: {sorted(data)[:10]}): it is no "
+                                  "RF-DETR checkpoint (ours, upstream's .pth or .ckpt, or a bare state dict)")
+    try:
+        for key in ("model", "ema_model"):
+            if isinstance(data.get(key), dict):
+                data[key] = drop_weightless_buffers(data[key], str(path))
+    except UpstreamFileError as error:
+        raise CheckpointError(str(error)) from error
     class_head_rows(detector_state(data["model"]), str(path))  # heads that disagree: refused here
     return data
 
@@ -148,9 +168,9 @@ def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") 
     """The class table stored in (or implied by) a checkpoint; ``None`` if it has no class head.
 
     Ours: the stored table, which must fit the head. Upstream training files: ``args.class_names``
-    (label ``i + 1`` = category id ``i + 1`` is ``class_names[i]``; row 0 is the never-annotated
-    Roboflow project row). Without names the upstream convention is assumed and logged: a 91-row
-    head is the COCO table, any other head has row r = category id r, row 0 unused.
+    numbered as the release that wrote the file did (:func:`rfdetr.classes.upstream_class_table`); the
+    COCO names on a 91-row head are the COCO table. Without names the upstream convention is assumed
+    and logged: a 91-row head is the COCO table, any other head has row r = category id r, row 0 unused.
     """
     rows = class_head_rows(detector_state(checkpoint["model"]), source)
     if "classes" in checkpoint:
@@ -163,10 +183,12 @@ def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") 
         return None
     names = checkpoint_args(checkpoint).get("class_names")
     if names:
-        if len(names) + 1 > rows:
-            raise CheckpointError(f"{source} lists {len(names)} class names but its head has only {rows} rows")
-        # Upstream convention: label i + 1 (= category id) is class_names[i].
-        return ClassTable(tuple(ClassEntry(i + 1, i + 1, str(n)) for i, n in enumerate(names)), num_rows=rows)
+        if rows == COCO_NUM_ROWS and list(names) == [name for _, name in COCO_CATEGORIES]:
+            return ClassTable.coco()
+        try:
+            return upstream_class_table(list(names), rows, upstream_version(checkpoint))
+        except ValueError as error:
+            raise CheckpointError(f"{source}: {error}") from error
     if rows == COCO_NUM_ROWS:
         logger.info("%s stores no class names: its 91-row head is read as the COCO table (row = COCO id)", source)
         return ClassTable.coco()
@@ -176,17 +198,28 @@ def checkpoint_class_table(checkpoint: Mapping, source: str = "the checkpoint") 
     return ClassTable.placeholder(range(1, rows), num_rows=rows)
 
 
-def checkpoint_size(checkpoint: Mapping) -> str | None:
-    """The model size a checkpoint was made for, from our config or upstream's args."""
+def checkpoint_size(checkpoint: Mapping, source: str = "the checkpoint") -> str | None:
+    """The model size a checkpoint was made for: our config, upstream's ``model_name`` (from 1.7) or its args."""
     config = checkpoint.get("config")
     if isinstance(config, Mapping) and "size" in config:
         return str(config["size"])
+    geometry = stored_upstream_geometry(checkpoint, source)
+    if geometry is not None:
+        return geometry[0]
     args = checkpoint_args(checkpoint)
     present = [name for name in GEOMETRY_FIELDS if name in args]
     for size, preset in SIZE_PRESETS.items():
         if present and all(args[name] == preset[name] for name in present):
             return size
     return None
+
+
+def stored_upstream_geometry(checkpoint: Mapping, source: str = "the checkpoint") -> tuple[str, dict] | None:
+    """``(size, model-config fields)`` an upstream file records (:func:`rfdetr.upstream.upstream_geometry`)."""
+    try:
+        return upstream_geometry(checkpoint, source)
+    except UpstreamFileError as error:
+        raise CheckpointError(str(error)) from error
 
 
 def stored_run_config(checkpoint: Mapping, source: str = "the checkpoint") -> RunConfig:

@@ -10,8 +10,9 @@ stored in every checkpoint the project writes.
 - The class head has ``num_rows = K + 1`` rows: the last row is a spare that is never a positive
   target (the published checkpoints' convention: COCO max id 90 -> 91 rows).
 - The published COCO checkpoints keep their 91-row head with **label = COCO category id**; rows
-  that are no COCO category (0, 12, 26, ...) are spare. Upstream fine-tunes follow the same rule
-  (label = category id): a Roboflow export's head has its never-annotated id-0 row spare.
+  that are no COCO category (0, 12, 26, ...) are spare. Upstream fine-tunes number their rows by
+  release (:func:`upstream_class_table`): up to 1.4 label = category id (a Roboflow export's
+  never-annotated id-0 row is spare), from 1.9.2 row i = ``class_names[i]``.
 - A table whose names are only placeholders (``class_<category id>``: a checkpoint that never
   stored names) is matched by category id, where head row = category id.
 
@@ -170,6 +171,37 @@ class ClassTable:
             return cls(entries, num_rows=int(data["num_rows"]))
         except (KeyError, TypeError) as error:
             raise ValueError(f"malformed class table {data!r}: {error}") from error
+
+
+# Upstream releases that changed which head row is which class (see upstream_class_table).
+CONTIGUOUS_LABELS_SINCE = (1, 5)
+PARENTS_DROPPED_SINCE = (1, 9, 2)
+
+
+def upstream_class_table(names: Sequence[str], num_rows: int, version: tuple[int, ...] | None) -> ClassTable:
+    """The classes of an upstream fine-tune: ``class_names`` (its ``args``), head rows, the release that wrote it.
+
+    Upstream stores the names without a Roboflow export's parent category, and numbered its rows:
+
+    - up to 1.4 (and files that record no version, which is every file before 1.7): row = category id,
+      so with the parent at id 0 ``class_names[i]`` is row ``i + 1``;
+    - 1.5 to 1.9.1: contiguous labels over every category of the dataset, the parent included, so
+      ``class_names[i]`` is row ``i + 1`` when the head has a row for the parent (``K + 2`` rows) and
+      row ``i`` otherwise;
+    - from 1.9.2: the parent takes no label: ``class_names[i]`` is row ``i`` (``K + 1`` rows).
+
+    The files keep no category ids; ``class_names[i]`` gets id ``i + 1`` (a Roboflow export's numbering:
+    the parent is 0, the classes 1..K), which ``category_id`` in predictions reports.
+    """
+    if version is not None and version >= PARENTS_DROPPED_SINCE:
+        offset = 0
+    elif version is not None and version >= CONTIGUOUS_LABELS_SINCE:
+        offset = 1 if num_rows >= len(names) + 2 else 0
+    else:
+        offset = 1
+    if len(names) + offset > num_rows:
+        raise ValueError(f"{len(names)} class names do not fit a {num_rows}-row head (rows {offset}.. hold them)")
+    return ClassTable(tuple(ClassEntry(i + offset, i + 1, str(n)) for i, n in enumerate(names)), num_rows=num_rows)
 
 
 def placeholder_name(category_id: int) -> str:

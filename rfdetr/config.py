@@ -16,8 +16,14 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SizeName = Literal["nano", "small", "medium", "base", "large"]
+SizeName = Literal["nano", "small", "medium", "base", "large", "seg-preview", "seg-nano", "seg-small", "seg-medium",
+                   "seg-large", "seg-xlarge", "seg-2xlarge"]
+# The detector sizes (the published RF-DETR COCO detection checkpoints).
 SIZES: tuple[str, ...] = ("nano", "small", "medium", "base", "large")
+# Upstream 1.11's segmentation models (``RFDETRSegNano`` ...): a detector with a built-in mask head
+# (``segmentation_head``), loaded from their files; the two-stage ``DETRsegm`` recipe is the other mask model.
+SEG_SIZES: tuple[str, ...] = ("seg-preview", "seg-nano", "seg-small", "seg-medium", "seg-large", "seg-xlarge",
+                              "seg-2xlarge")
 
 # Projector level name -> resampling factor of the stride-`patch_size` ViT maps.
 LEVEL_SCALE = {"P3": 2.0, "P4": 1.0, "P5": 0.5, "P6": 0.25}
@@ -54,6 +60,13 @@ PRETRAINED_NAMES = {
     "medium": "rf-detr-medium.pth",
     "base": "rf-detr-base.pth",
     "large": "rf-detr-large.pth",
+    "seg-preview": "rf-detr-seg-preview.pt",
+    "seg-nano": "rf-detr-seg-nano.pt",
+    "seg-small": "rf-detr-seg-small.pt",
+    "seg-medium": "rf-detr-seg-medium.pt",
+    "seg-large": "rf-detr-seg-large.pt",
+    "seg-xlarge": "rf-detr-seg-xlarge.pt",
+    "seg-2xlarge": "rf-detr-seg-xxlarge.pt",
 }
 
 
@@ -96,6 +109,10 @@ class ModelConfig(BaseModel):
     # upstream: it saves little memory for what it costs (nano on CPU, batch 2 at 384: -8% peak RSS,
     # +25% step time; batch 4 at 192: -1.5% peak RSS, +4% step time).
     gradient_checkpointing: bool = False
+    # Upstream 1.11's built-in mask head (the seg sizes): mask logits for every query at 1/mask_downsample_ratio
+    # of the input, from the first projector level and each decoder layer's query states.
+    segmentation_head: bool = False
+    mask_downsample_ratio: int = Field(4, ge=1)
     pretrain_weights: str | None = None
 
     @classmethod
@@ -182,6 +199,31 @@ SIZE_PRESETS: dict[str, dict] = {
 }
 
 
+def _seg_preset(num_windows: int, dec_layers: int, resolution: int, num_queries: int) -> dict:
+    """Upstream 1.11's segmentation geometry: DINOv2-S with 12-pixel patches, one P4 level, a built-in mask head."""
+    return dict(encoder="dinov2_windowed_small", hidden_dim=256, patch_size=12, num_windows=num_windows,
+                positional_encoding_size=resolution // 12, out_feature_indexes=[3, 6, 9, 12], projector_scale=["P4"],
+                dec_layers=dec_layers, sa_nheads=8, ca_nheads=16, dec_n_points=2, resolution=resolution,
+                num_queries=num_queries, num_select=num_queries, segmentation_head=True)
+
+
+SIZE_PRESETS.update({
+    "seg-preview": _seg_preset(num_windows=2, dec_layers=4, resolution=432, num_queries=200),
+    "seg-nano": _seg_preset(num_windows=1, dec_layers=4, resolution=312, num_queries=100),
+    "seg-small": _seg_preset(num_windows=2, dec_layers=4, resolution=384, num_queries=100),
+    "seg-medium": _seg_preset(num_windows=2, dec_layers=5, resolution=432, num_queries=200),
+    "seg-large": _seg_preset(num_windows=2, dec_layers=5, resolution=504, num_queries=200),
+    "seg-xlarge": _seg_preset(num_windows=2, dec_layers=6, resolution=624, num_queries=300),
+    "seg-2xlarge": _seg_preset(num_windows=2, dec_layers=6, resolution=768, num_queries=300),
+})
+
+
+def wrapper_name(size: str) -> str:
+    """The Python class of a size: ``"nano"`` -> ``RFDETRNano``, ``"seg-2xlarge"`` -> ``RFDETRSeg2XLarge``."""
+    words = {"xlarge": "XLarge", "2xlarge": "2XLarge"}
+    return "RFDETR" + "".join(words.get(part, part.capitalize()) for part in size.split("-"))
+
+
 def model_config(size: str, **overrides) -> ModelConfig:
     """The validated :class:`ModelConfig` of ``size`` with ``overrides`` applied.
 
@@ -189,7 +231,7 @@ def model_config(size: str, **overrides) -> ModelConfig:
     for unknown or invalid fields.
     """
     if size not in SIZE_PRESETS:
-        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES + SEG_SIZES)}")
     fields = {"size": size, "pretrain_weights": PRETRAINED_NAMES[size], **SIZE_PRESETS[size], **overrides}
     return ModelConfig(**fields)
 

@@ -19,13 +19,15 @@ def check_threshold(threshold: Any) -> None:
         raise ValueError(f"threshold must be a score in [0, 1], got {threshold!r}")
 
 
-def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cpu"):
-    """User images -> (normalised ``[B, 3, R, R]`` batch, ``[B, 2]`` original (h, w), whether a list was given)."""
+def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cpu", antialias: bool = True):
+    """User images -> (normalised ``[B, 3, R, R]`` batch, ``[B, 2]`` original (h, w), whether a list was given).
+
+    ``antialias``: the resize's (see :func:`rfdetr.preprocess.resize_normalize`)."""
     items, is_list = as_image_list(images)
     pixels = [load_pixels(item, index) for index, item in enumerate(items)]
     sizes = torch.tensor([tuple(p.shape[-2:]) for p in pixels], device=device)
     # Pixels go to the device as they are (uint8 is 4x less to copy) and are converted there.
-    batch = torch.stack([resize_normalize(p.to(device), resolution, resolution) for p in pixels])
+    batch = torch.stack([resize_normalize(p.to(device), resolution, resolution, antialias) for p in pixels])
     return batch, sizes, is_list
 
 

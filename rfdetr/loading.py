@@ -27,11 +27,14 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, DETECTOR_PREFIX, CheckpointError, checkpoint_class_table,
-                               checkpoint_size, detector_state, load_state_dict, read_checkpoint)
+                               checkpoint_size, detector_state, load_state_dict, read_checkpoint,
+                               stored_upstream_geometry)
 from rfdetr.classes import ClassTable
-from rfdetr.config import RETIRED_MODEL_FIELDS, MaskConfig, ModelConfig, mask_config, model_config
+from rfdetr.config import (RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, mask_config, model_config,
+                           wrapper_name)
 from rfdetr.models import DETRsegm, build_detector
 from rfdetr.surgery import fit_class_heads
+from rfdetr.upstream import PredictStyle, predict_style
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +44,20 @@ _DECIDED_HERE = ("size", "num_classes", "pretrain_weights")
 
 @dataclass
 class LoadedModel:
-    """model: the detector, or a ``DETRsegm`` around it (``mask`` set); checkpoint: the file read (or None)."""
+    """model: the detector, or a ``DETRsegm`` around it (``mask`` set); checkpoint: the file read (or None);
+    style: how predict treats images and boxes for this file (its upstream release's way)."""
 
     model: nn.Module
     config: ModelConfig
     classes: ClassTable
     mask: MaskConfig | None
     checkpoint: dict | None
+    style: PredictStyle = PredictStyle()
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the model predicts masks: a ``DETRsegm`` or a detector with upstream's built-in mask head."""
+        return self.mask is not None or self.config.segmentation_head
 
 
 def read_weights(pretrain_weights: str | os.PathLike) -> dict:
@@ -91,21 +101,28 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
     checkpoint = read_weights(pretrain_weights) if pretrain_weights is not None else None
     stored = None
     if checkpoint is not None:
-        found = checkpoint_size(checkpoint)
+        found = checkpoint_size(checkpoint, origin)
         if size is None and found is None:
-            raise CheckpointError(f"{origin} does not say which model size it is: pass --size")
+            raise CheckpointError(f"{origin} does not say which model size it is: name it, e.g. "
+                                  "RFDETRNano(pretrain_weights=...) in Python or --size nano on the command line")
         size = size or found
         if found is not None and found != size:
             raise CheckpointError(f"{origin} is a {found} checkpoint but this is a {size} model; "
-                                  f"use RFDETR{found.capitalize()} or --size {found} (or pass a {size} checkpoint)")
+                                  f"use {wrapper_name(found)} or --size {found} (or pass a {size} checkpoint)")
         stored = checkpoint_class_table(checkpoint, origin)
         if stored is None and (require_trained_heads or (num_classes is None and class_names is None)):
             raise CheckpointError(f"{origin} has no class heads (it was stripped): say which classes the model "
                                   "should have, class_names=[...] or num_classes=N, and the heads are built fresh")
     classes = choose_classes(stored, num_classes, class_names)
-    # Our checkpoints carry their model config: its geometry is the default, explicit overrides win.
-    saved = {k: v for k, v in (checkpoint or {}).get("config", {}).items()
+    # Our checkpoints and upstream's from 1.7 carry their model config: its geometry is the default,
+    # explicit overrides win.
+    upstream = stored_upstream_geometry(checkpoint, origin) if checkpoint is not None else None
+    saved = {k: v for k, v in ((checkpoint or {}).get("config") or (upstream or (None, {}))[1]).items()
              if k not in _DECIDED_HERE and k not in RETIRED_MODEL_FIELDS}
+    if masks is False and (saved.get("segmentation_head") or SIZE_PRESETS[size].get("segmentation_head")):
+        logger.warning("%s has upstream's built-in mask head; masks=False drops it (the model is its detector)", origin)
+        saved["segmentation_head"] = False
+        exclude = [*exclude, "segmentation_head.*"]
     config = model_config(size, **{**saved, "num_classes": classes.num_rows - 1,
                                    "pretrain_weights": None if pretrain_weights is None else origin,
                                    **dict(config_overrides or {})})
@@ -121,19 +138,25 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
                 f"shrink_head.py --in_ckpt {origin} --out_ckpt detector.pth --keep {' '.join(classes.names)}")
         heads = list(CLASS_HEAD_PATTERNS) if fitted is None else []
         load_state_dict(detector, state if fitted is None else fitted, exclude=[*exclude, *heads], source=origin,
-                        size=checkpoint_size(checkpoint))
+                        size=checkpoint_size(checkpoint, origin))
+    style = predict_style(checkpoint)
     mask = stored_mask_config(checkpoint, size)
     wrap = mask is not None if masks is None else masks
+    if config.segmentation_head:  # the masks come from the detector itself
+        if mask_head is not None or mask is not None:
+            raise CheckpointError(f"{origin}: a {size} model has upstream's built-in mask head; it takes no "
+                                  "DETRsegm mask head (leave mask_head unset)")
+        return LoadedModel(detector, config, classes, None, checkpoint, style)
     if not wrap:
         if mask is not None:
             logger.warning("%s has a %s mask head; masks=False drops it: the model is its detector alone, and "
                            "train() fine-tunes that detector", origin, mask.mask_head)
-        return LoadedModel(detector, config, classes, None, checkpoint)
+        return LoadedModel(detector, config, classes, None, checkpoint, style)
     mask = mask_config(size, mask_head=mask_head) if mask is None else (
         mask.model_copy(update={"mask_head": mask_head}) if mask_head else mask)
     model = DETRsegm(detector, freeze_detr=mask.frozen_detector, mask_head=mask.mask_head)
     _load_mask_head(model, checkpoint, origin)
-    return LoadedModel(model, config, classes, mask, checkpoint)
+    return LoadedModel(model, config, classes, mask, checkpoint, style)
 
 
 def choose_classes(stored: ClassTable | None, num_classes: int | None,

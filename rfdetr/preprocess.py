@@ -37,18 +37,19 @@ def resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
                          antialias=True)[0]
 
 
-def resize_normalize(pixels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_normalize(pixels: torch.Tensor, height: int, width: int, antialias: bool = True) -> torch.Tensor:
     """``[3, H, W]`` uint8, or float in [0, 1] -> normalised, resized ``[3, height, width]`` float32.
 
     The fast form of ``resize(normalize(pixels / 255))`` used by ``predict()``: both steps are linear
     and the resize weights sum to one, so they commute; resizing first touches the full-resolution
     image once (uint8 -> float inside the resize) instead of three times. Equal to the reference
-    order up to float rounding (~1e-6), which the tests check.
+    order up to float rounding (~1e-6), which the tests check. ``antialias=False``: a plain bilinear
+    resize, as upstream's predict from 1.9 does.
     """
     is_uint8 = pixels.dtype == torch.uint8
     image = pixels.float() if is_uint8 else pixels  # keeps channels-last strides: the fast resize path
     image = F.interpolate(image[None], size=(height, width), mode="bilinear", align_corners=False,
-                          antialias=True)[0]
+                          antialias=antialias)[0]
     return normalize(image / 255.0 if is_uint8 else image).contiguous()
 
 

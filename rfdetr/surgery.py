@@ -80,8 +80,9 @@ def shrink_class_heads(checkpoint: Mapping, keep: Sequence[str]) -> dict:
         if state_key in checkpoint:
             result[state_key] = select_class_rows(checkpoint[state_key], rows)
     result["classes"] = new_table.to_dict()
-    if isinstance(checkpoint.get("config"), Mapping):
-        result["config"] = {**checkpoint["config"], "num_classes": new_table.num_rows - 1}
+    for config_key in ("config", "model_config"):  # ours; upstream's from 1.7
+        if isinstance(checkpoint.get(config_key), Mapping):
+            result[config_key] = {**checkpoint[config_key], "num_classes": new_table.num_rows - 1}
     for state_key in _STATE_KEYS:
         wrong = [k for k, v in result.get(state_key, {}).items() if is_class_head_key(k) and v.shape[0] != len(rows)]
         if wrong:

@@ -37,8 +37,9 @@ def shrink_main(argv: list[str] | None = None) -> int:
     from rfdetr.durable import save_checkpoint
     from rfdetr.surgery import head_rows, shrink_class_heads
 
+    dropped: list[str] = []
     try:
-        checkpoint = read_checkpoint(args.in_ckpt)
+        checkpoint = read_checkpoint(args.in_ckpt, dropped=dropped)
         shrunk = shrink_class_heads(checkpoint, args.keep)
         table = checkpoint_class_table(shrunk, args.out_ckpt)
         if head_rows(shrunk) != len(args.keep) + 1 or table.names != list(args.keep):  # checked before writing
@@ -52,8 +53,15 @@ def shrink_main(argv: list[str] | None = None) -> int:
         return 2
     print(f"class head: {head_rows(checkpoint)} -> {head_rows(reloaded)} rows "
           f"({len(args.keep)} classes + 1 spare); classes: {', '.join(table.names)}")
+    _say_dropped(dropped)
     print(f"wrote {args.out_ckpt} (verified by reloading)")
     return 0
+
+
+def _say_dropped(dropped: list[str]) -> None:
+    if dropped:
+        print(f"left out upstream's Lightning copies ({', '.join(dropped)}): the file keeps one set of weights, "
+              "its 'model'")
 
 
 def strip_main(argv: list[str] | None = None) -> int:
@@ -67,14 +75,16 @@ def strip_main(argv: list[str] | None = None) -> int:
     from rfdetr.durable import save_checkpoint
     from rfdetr.surgery import strip_class_heads
 
+    dropped: list[str] = []
     try:
-        checkpoint = read_checkpoint(args.in_ckpt)
+        checkpoint = read_checkpoint(args.in_ckpt, dropped=dropped)
         stripped = strip_class_heads(checkpoint)
         save_checkpoint(stripped, args.out_ckpt)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     removed = len(checkpoint["model"]) - len(stripped["model"])
+    _say_dropped(dropped)
     print(f"removed {removed} class-head tensors; kept {len(stripped['model'])}; wrote {args.out_ckpt}")
     return 0
 

@@ -1,7 +1,8 @@
 """The RF-DETR detector: backbone + two-stage deformable decoder + class and box heads.
 
 State-dict layout (the published checkpoint format): ``transformer.*``, ``class_embed.*``,
-``bbox_embed.*``, ``refpoint_embed.weight``, ``query_feat.weight``, ``backbone.0.*``.
+``bbox_embed.*``, ``refpoint_embed.weight``, ``query_feat.weight``, ``backbone.0.*``, and for upstream
+1.11's segmentation models ``segmentation_head.*`` (:mod:`rfdetr.models.seg_head`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from rfdetr.config import ModelConfig
 from rfdetr.models.backbone import Joiner, build_backbone
+from rfdetr.models.seg_head import SegmentationHead
 from rfdetr.models.transformer import MLP, Transformer, refine_boxes
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
@@ -26,7 +28,7 @@ class LWDETR(nn.Module):
     """Detector. ``num_classes`` is the number of class-head rows (config ``num_classes + 1``)."""
 
     def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int, num_queries: int,
-                 group_detr: int, aux_loss: bool = True):
+                 group_detr: int, aux_loss: bool = True, segmentation_head: SegmentationHead | None = None):
         super().__init__()
         self.num_queries = num_queries
         self.group_detr = group_detr
@@ -38,6 +40,7 @@ class LWDETR(nn.Module):
         self.refpoint_embed = nn.Embedding(num_queries * group_detr, 4)
         self.query_feat = nn.Embedding(num_queries * group_detr, hidden_dim)
         self.backbone = backbone
+        self.segmentation_head = segmentation_head
         self.reset_head_parameters()
         transformer.enc_out_bbox_embed.extend(copy.deepcopy(self.bbox_embed) for _ in range(group_detr))
         transformer.enc_out_class_embed.extend(copy.deepcopy(self.class_embed) for _ in range(group_detr))
@@ -63,7 +66,9 @@ class LWDETR(nn.Module):
         - ``pred_logits [B, Q', R]`` class logits (R = class-head rows),
         - ``pred_boxes [B, Q', 4]`` boxes as normalised cx, cy, w, h of each image's valid area,
         - ``aux_outputs`` (if ``aux_loss``): one ``{pred_logits, pred_boxes}`` per earlier decoder layer,
-        - ``enc_outputs``: ``{pred_logits, pred_boxes}`` of the selected two-stage proposals.
+        - ``enc_outputs``: ``{pred_logits, pred_boxes}`` of the selected two-stage proposals,
+        - with a ``segmentation_head``: ``pred_masks [B, Q', H / r, W / r]`` mask logits of every query
+          (and of every earlier layer in ``aux_outputs`` while training).
         """
         samples = nested_tensor_from_images(samples)
         levels, masks = self.backbone(samples)
@@ -76,6 +81,12 @@ class LWDETR(nn.Module):
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        if self.segmentation_head is not None:
+            every_layer = self.training and self.aux_loss
+            masks = self.segmentation_head(levels[0], hs, samples.tensors.shape[-2:], all_layers=every_layer)
+            out["pred_masks"] = masks[-1]
+            for aux, layer_masks in zip(out.get("aux_outputs", []) if every_layer else [], masks[:-1]):
+                aux["pred_masks"] = layer_masks
         out["enc_outputs"] = {"pred_logits": decoded["enc_logits"], "pred_boxes": decoded["enc_boxes"]}
         return out
 
@@ -95,7 +106,9 @@ def build_detector(config: ModelConfig) -> LWDETR:
         dec_n_points=config.dec_n_points,
         group_detr=config.group_detr,
     )
+    head = (SegmentationHead(config.hidden_dim, config.dec_layers, config.mask_downsample_ratio)
+            if config.segmentation_head else None)
     model = LWDETR(backbone, transformer, num_classes=config.num_classes + 1, num_queries=config.num_queries,
-                   group_detr=config.group_detr, aux_loss=config.aux_loss)
+                   group_detr=config.group_detr, aux_loss=config.aux_loss, segmentation_head=head)
     model.config = config  # what it was built from (checkpoint messages, wrappers)
     return model

@@ -15,11 +15,14 @@ class PostProcess(nn.Module):
     original images returns one ``{"scores" [K], "labels" [K] (class-head row), "boxes" [K, 4]}``
     per image, sorted by score, ``K = min(num_select, Q * R)``. With ``class_rows`` only those head
     rows compete (spare rows that were never trained are left out); labels stay head-row numbers.
+    ``clamp_boxes`` clips the boxes to the image (upstream's predict does from 1.9; the regression
+    itself is unbounded).
     """
 
-    def __init__(self, num_select: int):
+    def __init__(self, num_select: int, clamp_boxes: bool = False):
         super().__init__()
         self.num_select = num_select
+        self.clamp_boxes = clamp_boxes
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: torch.Tensor,
@@ -42,4 +45,6 @@ class PostProcess(nn.Module):
         height, width = target_sizes.unbind(1)
         scale = torch.stack([width, height, width, height], dim=1)
         xyxy = xyxy * scale[:, None, :]
+        if self.clamp_boxes:
+            xyxy = torch.minimum(xyxy.clamp_min(0.0), scale[:, None, :].to(xyxy.dtype))
         return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
