@@ -155,7 +155,7 @@ class RFDETR:
         from rfdetr.export import export_onnx
 
         return export_onnx(self.model, self.config, self.classes, output_dir, batch_size=batch_size, opset=opset,
-                           verify=verify, quantize=quantize)
+                           verify=verify, quantize=quantize, style=self.style)
 
 
 class RFDETRNano(RFDETR):

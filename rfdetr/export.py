@@ -27,6 +27,7 @@ from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.models import PostProcess
+from rfdetr.upstream import PredictStyle
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,17 @@ class _ExportForward(nn.Module):
 
 
 def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, output_dir: str | os.PathLike, *,
-                batch_size: int = 1, opset: int = 17, verify: bool = True, quantize: str | None = None) -> Path:
+                batch_size: int = 1, opset: int = 17, verify: bool = True, quantize: str | None = None,
+                style: PredictStyle = PredictStyle()) -> Path:
     """Export ``detector`` to ``<output_dir>/inference_model.onnx``; optionally verify it with ONNX Runtime.
 
     ``quantize="int8"`` also writes ``inference_model_int8.onnx`` (see :func:`quantize_int8`) and
-    returns that path."""
+    returns that path. ``style``: how the file's release predicts (stored, so ONNX Runtime predicts alike)."""
     import onnx
+
+    if config.segmentation_head:
+        raise ValueError(f"exporting a {config.size} model (upstream 1.11's built-in mask head) to ONNX is not "
+                         "supported: predict with the .pth file, or export it with upstream rfdetr")
 
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
@@ -95,7 +101,8 @@ def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, o
                           opset_version=opset, dynamo=False)
     proto = onnx.load(str(temporary))
     metadata = {"rfdetr_size": config.size, "rfdetr_resolution": str(side),
-                "rfdetr_classes": json.dumps(classes.to_dict()), "rfdetr_num_select": str(config.num_select)}
+                "rfdetr_classes": json.dumps(classes.to_dict()), "rfdetr_num_select": str(config.num_select),
+                "rfdetr_antialias": str(int(style.antialias)), "rfdetr_clamp_boxes": str(int(style.clamp_boxes))}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -179,10 +186,12 @@ class ONNXDetector:
             self.classes = ClassTable.from_dict(json.loads(metadata["rfdetr_classes"]))
             self.resolution = int(metadata["rfdetr_resolution"])
             num_select = int(metadata.get("rfdetr_num_select", 300))
+            self.style = PredictStyle(antialias=metadata.get("rfdetr_antialias", "1") == "1",
+                                      clamp_boxes=metadata.get("rfdetr_clamp_boxes", "0") == "1")
         except KeyError as error:
             raise ValueError(f"{self.path} was not exported by rfdetr (metadata {error} missing)") from error
         self.batch_size = self.session.get_inputs()[0].shape[0]
-        self.postprocess = PostProcess(num_select)
+        self.postprocess = PostProcess(num_select, clamp_boxes=self.style.clamp_boxes)
 
     @property
     def class_names(self) -> dict[int, str]:
@@ -192,7 +201,7 @@ class ONNXDetector:
         """``supervision.Detections`` for one image, or a list of them for a list input (with ``mask``
         for an exported mask model: detections whose query has no exported mask are left out)."""
         check_threshold(threshold)
-        batch, sizes, is_list = prepare_batch(images, self.resolution)
+        batch, sizes, is_list = prepare_batch(images, self.resolution, antialias=self.style.antialias)
         names = [output.name for output in self.session.get_outputs()]
         step = self.batch_size if isinstance(self.batch_size, int) else len(batch)
         collected: list[list[np.ndarray]] = [[] for _ in names]

@@ -29,7 +29,8 @@ BOOST = 20.0
 TARGET = "dog"
 DATASET_NAMES = ("cat", "dog", "horse")
 SHAPE_CLASSES = ("circle", "square", "triangle")  # what the generator draws; renamed to DATASET_NAMES
-KINDS = ("upstream-coco", "upstream-roboflow", "upstream-nameless", "ours-stage1", "shrunk", "stripped", "stage2")
+KINDS = ("upstream-coco", "upstream-roboflow", "upstream-nameless", "upstream-1.11", "upstream-1.11-ckpt", "ours-stage1",
+         "shrunk", "stripped", "stage2")
 
 
 def make_dataset(folder: Path) -> Path:
@@ -73,6 +74,27 @@ def _upstream_fine_tune(coco: dict, with_names: bool) -> dict:
     return {"model": boost(state, DATASET_NAMES.index(TARGET) + 1), "args": args}
 
 
+def _upstream_1_11_fine_tune(coco: dict, lightning_only: bool) -> dict:
+    """What upstream 1.11's ``train()`` on the dataset writes (``checkpoint_best_total.pth``, or with
+    ``lightning_only`` ``last.ckpt``): K + 1 rows, row i = ``class_names[i]`` (the project takes no row),
+    the weights under ``model`` and again in Lightning's ``state_dict`` and EMA state, the empty keypoint buffer."""
+    from upstream_1_11_files import layout, upstream_model_config
+
+    rows = [ClassTable.coco().labels_of_names([name])[0] for name in DATASET_NAMES] + [0]
+    state = {k: (v[rows].clone() if is_class_head_key(k) else v) for k, v in coco["model"].items()}
+    state = {"_kp_active_mask": torch.zeros(0, 0, dtype=torch.bool), **boost(state, DATASET_NAMES.index(TARGET))}
+    recorded = layout()["nano"]
+    checkpoint = {"model": state, "args": {**recorded["args"], "class_names": list(DATASET_NAMES)},
+                  "model_name": "RFDETRNano", "model_config": {**upstream_model_config("nano"), "num_classes": 3},
+                  "rfdetr_version": "1.11.2", "state_dict": {f"model.{k}": v for k, v in state.items()},
+                  "pytorch-lightning_version": recorded["pytorch-lightning_version"], "global_step": 1,
+                  "callbacks": {"RFDETREMACallback": {"average_model_state_dict": {
+                      f"module.model.{k}": v for k, v in state.items()}}}, "best_total_source": "ema"}
+    if lightning_only:
+        del checkpoint["model"], checkpoint["best_total_source"]
+    return checkpoint
+
+
 def _ours_stage1(coco: dict) -> dict:
     """Our stage-1 file for the dataset: labels 0..2 in the dataset's order, the spare row last."""
     classes = dataset_table()
@@ -100,6 +122,8 @@ def write_kind(kind: str, folder: Path, upstream_coco: Path) -> Path:
         checkpoint = {"upstream-coco": lambda: coco,
                       "upstream-roboflow": lambda: _upstream_fine_tune(coco, with_names=True),
                       "upstream-nameless": lambda: _upstream_fine_tune(coco, with_names=False),
+                      "upstream-1.11": lambda: _upstream_1_11_fine_tune(coco, lightning_only=False),
+                      "upstream-1.11-ckpt": lambda: _upstream_1_11_fine_tune(coco, lightning_only=True),
                       "ours-stage1": lambda: _ours_stage1(coco),
                       "shrunk": lambda: shrink_class_heads(coco, list(DATASET_NAMES)),
                       "stripped": lambda: strip_class_heads(coco)}[kind]()

@@ -23,6 +23,7 @@ from rfdetr.loading import load_model
 
 # (class name, category id) of the top detection when the file is used on its own.
 ALONE = {"upstream-coco": ("dog", 18), "upstream-roboflow": ("dog", 2), "upstream-nameless": ("class_2", 2),
+         "upstream-1.11": ("dog", 2), "upstream-1.11-ckpt": ("dog", 2),
          "ours-stage1": ("dog", 2), "shrunk": ("dog", 18), "stage2": ("dog", 2)}
 # With the dataset (train(), stage 2) every kind that has a dog row must predict the dataset's dog.
 WITH_DATASET = ("dog", 2)

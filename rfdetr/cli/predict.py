@@ -34,6 +34,14 @@ EXPORT_DOC = """Export a checkpoint to ONNX (checked against PyTorch with ONNX R
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def add_size_flag(parser: argparse.ArgumentParser) -> None:
+    from rfdetr.config import SEG_SIZES, SIZES
+
+    parser.add_argument("--size", choices=SIZES + SEG_SIZES, default=None,
+                        help="model size, for a file that does not record it (a bare state dict); "
+                             "default: the size the file records")
+
+
 def image_paths(sources: list[str]) -> list[Path]:
     """The images named by ``sources`` (files, folders, globs), in order, each once; errors name a bad source."""
     found: list[Path] = []
@@ -51,15 +59,16 @@ def image_paths(sources: list[str]) -> list[Path]:
     return found
 
 
-def load_predictor(weights: str, device: str | None, dtype: str):
-    """An ``RFDETR`` wrapper for a ``.pth`` checkpoint (its size from the file), an ``ONNXDetector`` for ``.onnx``."""
+def load_predictor(weights: str, device: str | None, dtype: str, size: str | None = None):
+    """An ``RFDETR`` wrapper for a ``.pth``/``.ckpt`` checkpoint (its size from the file, else ``size``), an
+    ``ONNXDetector`` for ``.onnx``."""
     if weights.endswith(".onnx"):
         from rfdetr.export import ONNXDetector
 
         return ONNXDetector(weights)
     from rfdetr.api import RFDETR
 
-    return RFDETR(pretrain_weights=weights, device=device, dtype=dtype)
+    return RFDETR(size, pretrain_weights=weights, device=device, dtype=dtype)
 
 
 def coco_image_ids(paths: list[Path]) -> dict[Path, int]:
@@ -116,20 +125,22 @@ def annotate(image, detections, class_names: dict[int, str]):
 def predict_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rfdetr predict", description=PREDICT_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", help="a .pth checkpoint (ours or upstream's) or an exported .onnx model")
+    parser.add_argument("weights", help="a .pth checkpoint (ours or upstream's), an upstream Lightning .ckpt or an "
+                                        "exported .onnx model")
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders or glob patterns")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default: 0.5)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="inference precision of a .pth model (bfloat16 needs CUDA or a CPU with AVX-512 BF16)")
+    add_size_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rfdetr.weights import WeightsDownloadError
 
     try:
         paths = image_paths(args.sources)
-        predictor = load_predictor(args.weights, args.device, args.dtype)
+        predictor = load_predictor(args.weights, args.device, args.dtype, args.size)
     except (FileNotFoundError, ValueError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -165,13 +176,14 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="also write an int8 model (dynamic quantization of the matrix products)")
     parser.add_argument("--batch", type=int, default=1, help="batch size baked into the graph (default: 1)")
+    add_size_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        model = load_predictor(args.weights, "cpu", "float32")
+        model = load_predictor(args.weights, "cpu", "float32", args.size)
+        path = model.export(args.out, batch_size=args.batch, quantize=args.quantize)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    path = model.export(args.out, batch_size=args.batch, quantize=args.quantize)
     logger.info("wrote %s", path)
     return 0

@@ -97,6 +97,11 @@ def resume_run(checkpoint_path: str | os.PathLike, train_overrides: Mapping[str,
 
 def build_trainer(run: RunConfig, model: nn.Module, classes: ClassTable) -> Trainer:
     """The trainer of ``model`` (a detector, or a ``DETRsegm`` for mask stages) as ``run`` describes."""
+    if run.model.segmentation_head:
+        raise ValueError(f"training a {run.model.size} model (upstream 1.11's built-in mask head) is not supported "
+                         "yet: its mask losses are not built, and training it as a detector would leave its masks "
+                         "stale. Fine-tune it with upstream rfdetr, or train a detector here and a mask head on it "
+                         "(train_detector_stage1.py, then train_seg_stage2.py)")
     if run.mask is None:
         return Trainer(model, run, classes)
     criterion = build_criterion(run.model, run.train, frozen_detector=run.mask.frozen_detector)
