@@ -36,6 +36,14 @@ PRETRAINED_URLS: dict[str, str] = {
     "rf-detr-base.pth": f"{_BUCKET}/rf-detr-base-coco.pth",
     "rf-detr-base-2.pth": f"{_BUCKET}/rf-detr-base-2.pth",
     "rf-detr-large.pth": f"{_BUCKET}/rf-detr-large.pth",
+    # upstream 1.11's segmentation models (sizes seg-*), under the names upstream saves them as
+    "rf-detr-seg-preview.pt": f"{_BUCKET}/rf-detr-seg-preview.pt",
+    "rf-detr-seg-nano.pt": f"{_BUCKET}/rf-detr-seg-n-ft.pth",
+    "rf-detr-seg-small.pt": f"{_BUCKET}/rf-detr-seg-s-ft.pth",
+    "rf-detr-seg-medium.pt": f"{_BUCKET}/rf-detr-seg-m-ft.pth",
+    "rf-detr-seg-large.pt": f"{_BUCKET}/rf-detr-seg-l-ft.pth",
+    "rf-detr-seg-xlarge.pt": f"{_BUCKET}/rf-detr-seg-xl-ft.pth",
+    "rf-detr-seg-xxlarge.pt": f"{_BUCKET}/rf-detr-seg-2xl-ft.pth",
 }
 CHUNK_BYTES = 1 << 20
 

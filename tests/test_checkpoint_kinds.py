@@ -100,10 +100,12 @@ def test_stage2_detector(kind, kind_file, photo):
     assert (table.name_of(label), table.category_id_of(label)) == WITH_DATASET
 
 
-def test_stage2_run_from_an_upstream_fine_tune_keeps_its_classes(kind_file, data, tmp_path, photo):
-    # The upstream file labels dog with head row 2 (= its category id); the dataset's label of dog is 1.
+@pytest.mark.parametrize("kind", ["upstream-roboflow", "upstream-1.11"])
+def test_stage2_run_from_an_upstream_fine_tune_keeps_its_classes(kind, kind_file, data, tmp_path, photo):
+    # The 1.2 file labels dog with head row 2 (= its category id), the 1.11 file with row 1 (its class_names
+    # index, the project takes no row); the dataset's label of dog is 1.
     run = tmp_path / "stage2"
-    code = train_seg_stage2.main(["--checkpoint", str(kind_file("upstream-roboflow")), "--dataset_dir", str(data),
+    code = train_seg_stage2.main(["--checkpoint", str(kind_file(kind)), "--dataset_dir", str(data),
                                   "--output_dir", str(run), "--resolution", "64", "--epochs", "1", "--batch", "2",
                                   "--accum", "1", "--multi_scale", "0", "--workers", "0", "--device", "cpu",
                                   "--tensorboard", "0"])

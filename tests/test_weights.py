@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rfdetr.checkpoint import CheckpointError, read_checkpoint
-from rfdetr.config import SIZES, model_config
+from rfdetr.config import SEG_SIZES, SIZES, model_config
 from rfdetr.weights import WeightsDownloadError, cache_dir, download_file, is_pretrained_name, resolve_weights
 
 
@@ -95,14 +95,15 @@ def test_every_size_default_weights_download_their_own_file(server, cache, monke
         return real_urlopen(f"{server}/good.pth", timeout=timeout)
 
     monkeypatch.setattr(urllib.request, "urlopen", redirect)
-    for size in SIZES:
+    for size in SIZES + SEG_SIZES:
         name = model_config(size).pretrain_weights  # what a wrapper loads when given no weights
         assert is_pretrained_name(name), name  # read as trusted
         path = resolve_weights(name)
         assert path == cache / name and path.read_bytes() == CHECKPOINT
-        # The published files carry their size in the address (nano_coco/..., rf-detr-large.pth).
-        assert fetched[-1].startswith("https://") and size in fetched[-1], (size, fetched[-1])
-    assert len(fetched) == len(set(fetched)) == len(SIZES)  # no two sizes share a file
+        # The published files carry their size in the address (nano_coco/..., rf-detr-large.pth, rf-detr-seg-n-ft.pth).
+        expected = f"rf-detr-seg-{size.split('-')[1][0]}" if size.startswith("seg-") else size
+        assert fetched[-1].startswith("https://") and expected in fetched[-1], (size, fetched[-1])
+    assert len(fetched) == len(set(fetched)) == len(SIZES + SEG_SIZES)  # no two sizes share a file
 
 
 def test_download_then_reuse_cache(server, cache):

@@ -116,7 +116,8 @@ def stage2_main(argv: list[str] | None = None) -> int:
     def new_run():
         from rfdetr.training.stages import find_stage1_checkpoint, refuse_detector_options
 
-        refuse_detector_options(model_overrides(args), split_patterns(args.pretrain_exclude_keys))
+        refuse_detector_options(model_overrides(args), split_patterns(args.pretrain_exclude_keys),
+                                args.checkpoint or args.stage1_run)
         if args.checkpoint:
             checkpoint = Path(args.checkpoint)
             if not checkpoint.is_file():

@@ -56,7 +56,7 @@ def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights
     if stage == "masks":
         if weights is None:
             raise ValueError("stage 2 needs the stage-1 detector: --stage1_run RUN_FOLDER or --checkpoint FILE")
-        refuse_detector_options(model_overrides, exclude)
+        refuse_detector_options(model_overrides, exclude, weights)
     seed_everything(train.seed)  # new layers (heads, a random-init model) start the same in every run
     loaded = load_model(size, weights, class_names=classes, exclude=exclude, masks=False,
                         require_trained_heads=stage == "masks", config_overrides=model_overrides)
@@ -70,11 +70,13 @@ def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights
     return build_trainer(run, model, classes)
 
 
-def refuse_detector_options(model_overrides: Mapping[str, Any] | None, exclude: Sequence[str]) -> None:
+def refuse_detector_options(model_overrides: Mapping[str, Any] | None, exclude: Sequence[str],
+                            weights: str | os.PathLike | None = None) -> None:
     """Stage 2 takes its detector as the checkpoint has it: model overrides and exclusions are an error."""
     if model_overrides or exclude:
+        source = f"{os.fspath(weights)}'s" if weights is not None else "the stage-1 checkpoint's"
         raise ValueError("--num_queries, --group_detr, --gradient_checkpointing and --pretrain_exclude_keys do "
-                         "not apply to stage 2: the detector is the stage-1 checkpoint's, frozen")
+                         f"not apply to stage 2: the detector is {source}, frozen, loaded as the file has it")
 
 
 def resume_run(checkpoint_path: str | os.PathLike, train_overrides: Mapping[str, Any]) -> tuple[Trainer, dict]:
