@@ -7,7 +7,8 @@ stay fast and free of side effects.
 __version__ = "0.1.0"
 
 _WRAPPERS = ("RFDETR", "RFDETRNano", "RFDETRSmall", "RFDETRMedium", "RFDETRBase", "RFDETRLarge", "RFDETRSegPreview",
-             "RFDETRSegNano", "RFDETRSegSmall", "RFDETRSegMedium", "RFDETRSegLarge", "RFDETRSegXLarge", "RFDETRSeg2XLarge")
+             "RFDETRSegNano", "RFDETRSegSmall", "RFDETRSegMedium", "RFDETRSegLarge", "RFDETRSegXLarge",
+             "RFDETRSeg2XLarge")
 __all__ = list(_WRAPPERS)
 
 

@@ -29,8 +29,8 @@ BOOST = 20.0
 TARGET = "dog"
 DATASET_NAMES = ("cat", "dog", "horse")
 SHAPE_CLASSES = ("circle", "square", "triangle")  # what the generator draws; renamed to DATASET_NAMES
-KINDS = ("upstream-coco", "upstream-roboflow", "upstream-nameless", "upstream-1.11", "upstream-1.11-ckpt", "ours-stage1",
-         "shrunk", "stripped", "stage2")
+KINDS = ("upstream-coco", "upstream-roboflow", "upstream-nameless", "upstream-1.11", "upstream-1.11-ckpt",
+         "ours-stage1", "shrunk", "stripped", "stage2")
 
 
 def make_dataset(folder: Path) -> Path:

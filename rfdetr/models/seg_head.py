@@ -23,7 +23,8 @@ from torch import nn
 
 
 class DepthwiseBlock(nn.Module):
-    """``x + GELU(Linear(LayerNorm(DepthwiseConv3x3(x))))`` on a ``[B, C, H, W]`` map (a ConvNeXt block without its MLP)."""
+    """``x + GELU(Linear(LayerNorm(DepthwiseConv3x3(x))))`` on a ``[B, C, H, W]`` map: a ConvNeXt block
+    without its MLP."""
 
     def __init__(self, dim: int):
         super().__init__()
