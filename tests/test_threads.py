@@ -1,0 +1,219 @@
+"""One model object serving many threads (issue 25): every result equals that image's single-thread result.
+
+A user serving ``predict`` from a thread pool shares one model object between threads, so a model
+must keep no per-call state (no forward hooks, no attribute written during ``forward``) and every
+cache it keeps (the ``Linear`` layers' packed and cast weights) must be safe to fill from several
+threads at once.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+
+from rfdetr import RFDETRNano
+from rfdetr.export import ONNXDetector
+from rfdetr.models import linear as linear_module
+from rfdetr.models.linear import Linear, _mkl_ops_available
+from rfdetr.util.precision import cpu_has_bf16
+from rfdetr.util.weight_fill import fill_model_
+
+THREADS = 4
+CALLS_PER_THREAD = 10
+MODELS_DIR = Path(__file__).resolve().parents[1] / "rfdetr" / "models"
+
+
+def photos() -> list[np.ndarray]:
+    """Four different photos of different sizes (so a swapped result cannot pass as the right one), small
+    enough that pasting every detection's mask at the original size stays cheap."""
+    return [skimage.data.astronaut()[:400:5, :300:5], skimage.data.coffee()[::6, ::6], skimage.data.chelsea()[::4, ::4],
+            skimage.data.rocket()[::5, ::5]]
+
+
+def run_from_threads(predict, images: list) -> tuple[list, list]:
+    """``predict`` from ``THREADS`` threads, each calling it ``CALLS_PER_THREAD`` times on images in turn.
+
+    Returns ``(index of the image, result)`` of every call and the exceptions raised."""
+    start = threading.Barrier(THREADS)
+
+    def work(thread: int) -> list:
+        start.wait()  # all threads begin together
+        done = []
+        for call in range(CALLS_PER_THREAD):
+            index = (thread + call) % len(images)
+            try:
+                done.append((index, predict(images[index])))
+            except Exception as error:  # noqa: BLE001 - counted and reported by the test
+                done.append((index, error))
+        return done
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        calls = [item for part in pool.map(work, range(THREADS)) for item in part]
+    errors = [result for _, result in calls if isinstance(result, Exception)]
+    return [(index, result) for index, result in calls if not isinstance(result, Exception)], errors
+
+
+def same_detections(a, b) -> bool:
+    if len(a) != len(b) or not (np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.confidence, b.confidence)
+                                and np.array_equal(a.class_id, b.class_id)):
+        return False
+    return (a.mask is None) == (b.mask is None) and (a.mask is None or np.array_equal(a.mask, b.mask))
+
+
+def check_every_call(predict) -> None:
+    images = photos()
+    expected = [predict(image) for image in images]  # one thread
+    calls, errors = run_from_threads(predict, images)
+    wrong = sum(not same_detections(result, expected[index]) for index, result in calls)
+    assert not errors and not wrong, (f"{len(errors)} errors ({sorted({repr(e)[:80] for e in errors})}) and "
+                                      f"{wrong} wrong results in {THREADS * CALLS_PER_THREAD} calls")
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, RFDETRNano]:
+    built = {}
+    for name, masks in (("detector", False), ("mask model", True)):
+        model = RFDETRNano(pretrain_weights=None, masks=masks, device="cpu", num_queries=20, resolution=128)
+        fill_model_(model.model, seed=0)
+        built[name] = model
+    return built
+
+
+@pytest.mark.parametrize("name", ["detector", "mask model"])
+def test_one_pytorch_model_gives_every_thread_its_own_images_result(models, name):
+    model = models[name]
+    check_every_call(lambda image: model.predict(image, threshold=0.0))
+
+
+def test_one_onnx_runtime_session_gives_every_thread_its_own_images_result(models, tmp_path):
+    # The exported mask model holds the detector's graph too: boxes, scores and masks are compared.
+    runtime = ONNXDetector(models["mask model"].export(tmp_path, verify=False))
+    check_every_call(lambda image: runtime.predict(image, threshold=0.0))
+
+
+# --- the Linear layers' weight caches ---------------------------------------------------------
+
+CACHE_THREADS = 8
+CACHE_CALLS = 6000
+ROW_COUNTS = (1, 2, 3, 5, 7, 11)  # more than PACKED_ROW_COUNTS: every thread keeps evicting the others' entries
+
+
+def hammer(layer: Linear, autocast: torch.dtype | None) -> tuple[int, list]:
+    """``CACHE_THREADS`` threads call ``layer`` with ever-changing row counts, each result compared with
+    the same call's result from one thread; returns (wrong results, exceptions).
+
+    The interpreter switches threads every microsecond meanwhile (instead of every 5 ms), so that a
+    thread is often interrupted between a cache's lookup and its update."""
+    inputs = {rows: torch.randn(rows, layer.in_features) for rows in ROW_COUNTS}
+    start = threading.Barrier(CACHE_THREADS)
+
+    def context():
+        return torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None)
+
+    def work(thread: int) -> tuple[int, list]:
+        wrong, errors = 0, []
+        start.wait()
+        with torch.inference_mode(), context():
+            for call in range(CACHE_CALLS):
+                rows = ROW_COUNTS[(thread + call) % len(ROW_COUNTS)]
+                try:
+                    wrong += not torch.equal(layer(inputs[rows]), expected[rows])
+                except Exception as error:  # noqa: BLE001 - counted and reported by the test
+                    errors.append(error)
+        return wrong, errors
+
+    with torch.inference_mode(), context():
+        expected = {rows: layer(x) for rows, x in inputs.items()}
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with ThreadPoolExecutor(CACHE_THREADS) as pool:
+            parts = list(pool.map(work, range(CACHE_THREADS)))
+    finally:
+        sys.setswitchinterval(interval)
+    return sum(w for w, _ in parts), [e for _, part in parts for e in part]
+
+
+# MKL's packed weights (one per row count; the default fp32 kernel on Intel CPUs) where this build has
+# the ops, and the bf16 copies of weight and bias that inference under a CPU bf16 autocast uses.
+CACHED_PATHS = (["mkl"] if _mkl_ops_available() else []) + ["bf16"]
+
+
+@pytest.mark.parametrize("path", CACHED_PATHS)
+def test_linear_weight_caches_are_safe_under_many_threads(path, monkeypatch):
+    torch.manual_seed(0)
+    layer = Linear(16, 8)
+    if path == "mkl":
+        monkeypatch.setattr(linear_module, "_KERNEL", "mkl")
+        monkeypatch.setattr(linear_module, "_enabled", True)
+    elif not cpu_has_bf16():  # oneDNN has no bf16 product on this CPU: the copies go to F.linear
+        monkeypatch.setattr(linear_module, "_KERNEL", "aten")
+    wrong, errors = hammer(layer, None if path == "mkl" else torch.bfloat16)
+    assert not errors and not wrong, (f"{len(errors)} errors ({sorted({repr(e)[:80] for e in errors})}) and "
+                                      f"{wrong} wrong results in {CACHE_THREADS * CACHE_CALLS} calls")
+
+
+def test_a_copied_layer_keeps_caches_of_its_own(monkeypatch):
+    if _mkl_ops_available():
+        monkeypatch.setattr(linear_module, "_KERNEL", "mkl")
+        monkeypatch.setattr(linear_module, "_enabled", True)
+    layer = Linear(16, 8)
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        before = layer(x)  # fills the layer's caches
+        twin = copy.deepcopy(layer)
+        twin.weight.mul_(2)
+        fresh = Linear(16, 8)
+        fresh.load_state_dict(twin.state_dict())
+        assert torch.equal(twin(x), fresh(x)) and not torch.equal(twin(x), before)
+        assert torch.equal(layer(x), before)
+
+
+# --- no per-call state in the models -------------------------------------------------------------
+
+def test_no_model_module_registers_hooks_or_sets_attributes_in_forward():
+    """Source check: no hooks in rfdetr/models, and no ``self.x = ...`` inside any ``forward``."""
+    found = []
+    for path in sorted(MODELS_DIR.rglob("*.py")):
+        source = path.read_text()
+        found += [f"{path.name}: {hook}" for hook in ("register_forward_hook", "register_forward_pre_hook",
+                                                      "register_full_backward_hook") if hook in source]
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef) and node.name == "forward":
+                for inner in ast.walk(node):
+                    targets = (inner.targets if isinstance(inner, ast.Assign)
+                               else [inner.target] if isinstance(inner, (ast.AugAssign, ast.AnnAssign)) else [])
+                    found += [f"{path.name}:{inner.lineno} self.{t.attr} = ..." for t in targets
+                              if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"]
+    assert not found, found
+
+
+def module_state(model: torch.nn.Module) -> dict[str, dict[str, int]]:
+    """Per submodule: its attribute names and the identity of each value (a hook table is an attribute too)."""
+    return {name: {key: id(value) for key, value in vars(module).items()} | {
+                f"{table}[]": len(getattr(module, table)) for table in ("_forward_hooks", "_forward_pre_hooks")}
+            for name, module in model.named_modules()}
+
+
+@pytest.mark.parametrize("name", ["detector", "mask model"])
+def test_a_forward_writes_no_attribute_of_any_module(models, name):
+    model = models[name].model
+    images = torch.rand(2, 3, 128, 128)
+    with torch.inference_mode():
+        model(images)  # first call: caches that a forward may fill once (e.g. packed weights) exist now
+        before = module_state(model)
+        outputs = model(images)
+        if name == "mask model":
+            model.predict_masks(outputs["mask_context"], torch.tensor([0, 1]), torch.tensor([3, 4]))
+    assert module_state(model) == before
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in model.modules())
