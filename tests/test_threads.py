@@ -83,7 +83,8 @@ def check_every_call(predict) -> None:
 def models() -> dict[str, RFDETRNano]:
     built = {}
     for name, masks in (("detector", False), ("mask model", True)):
-        model = RFDETRNano(pretrain_weights=None, masks=masks, device="cpu", num_queries=20, resolution=128)
+        model = RFDETRNano(pretrain_weights=None, masks=masks, device="cpu", num_queries=20, num_select=20,
+                           resolution=64)
         fill_model_(model.model, seed=0)
         built[name] = model
     return built
@@ -208,7 +209,7 @@ def module_state(model: torch.nn.Module) -> dict[str, dict[str, int]]:
 @pytest.mark.parametrize("name", ["detector", "mask model"])
 def test_a_forward_writes_no_attribute_of_any_module(models, name):
     model = models[name].model
-    images = torch.rand(2, 3, 128, 128)
+    images = torch.rand(2, 3, 64, 64)
     with torch.inference_mode():
         model(images)  # first call: caches that a forward may fill once (e.g. packed weights) exist now
         before = module_state(model)

@@ -19,7 +19,8 @@ paths off for a block of code (the benchmark does, to count FLOPs with torch's F
 bf16: under a CPU bf16 autocast without gradients (``dtype="bfloat16"`` inference, validation of a
 bf16 run) :class:`Linear` keeps a bf16 copy of its weight and bias, made on first use and remade
 when either changes, and computes on oneDNN with the bias fused: the autocast alone would cast
-every weight on every forward, and ``addmm`` first copies the bias into its output.
+every weight on every forward, and ``addmm`` first copies the bias into its output. (Where oneDNN
+has no bf16 kernel, on CPUs without AVX-512, the bf16 copies go to ``F.linear``.)
 
 Same parameters and state-dict keys as ``nn.Linear``; the cached copies are plain attributes, made
 by the layer itself (a copy of the layer makes its own) and safe to fill from many threads at once:
@@ -57,6 +58,17 @@ def _onednn_op():
         return None
 
 
+def _onednn_computes_bf16(op) -> bool:
+    """Whether oneDNN's linear op runs in bf16 here (it has no bf16 kernel on CPUs without AVX-512)."""
+    if op is None:
+        return False
+    try:
+        op(torch.ones(1, 1, dtype=torch.bfloat16), torch.ones(1, 1, dtype=torch.bfloat16), None, "none", [], "")
+    except RuntimeError:  # "could not create a primitive descriptor for the inner product"
+        return False
+    return True
+
+
 def _mkl_ops_available() -> bool:
     if not torch.backends.mkl.is_available():
         return False
@@ -81,6 +93,7 @@ def choose_kernel(vendor: str, available: dict[str, bool]) -> str:
 
 
 ONEDNN_OP = _onednn_op()
+ONEDNN_BF16 = _onednn_computes_bf16(ONEDNN_OP)
 _KERNEL = choose_kernel(cpu_vendor(), {"onednn": ONEDNN_OP is not None, "mkl": _mkl_ops_available()})
 _enabled = _KERNEL != "aten"
 
@@ -151,7 +164,7 @@ class Linear(nn.Linear):
         lowered = inference_autocast_dtype(x)
         if lowered is not None and not _recording_a_graph():
             weight, bias = self._lowered_parameters(lowered)
-            if ONEDNN_OP is not None and _KERNEL != "aten" and 2 <= x.dim() <= 3:
+            if ONEDNN_BF16 and _KERNEL != "aten" and 2 <= x.dim() <= 3:
                 return ONEDNN_OP(x.to(lowered).contiguous(), weight, bias, "none", [], "")  # bias fused
             return F.linear(x, weight, bias)
         return F.linear(x, self.weight, self.bias)
