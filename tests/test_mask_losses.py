@@ -293,3 +293,44 @@ def test_each_models_outputs_are_scored_with_the_mask_head_of_the_model_given():
     assert not torch.isclose(ema_losses["loss_dice"], live_losses["loss_dice"])
     assert ema_outputs_live_head["loss_dice"].equal(live_losses["loss_dice"])  # the head decides, not the outputs
     assert not ema_logits.equal(live_logits)
+
+
+def test_evaluation_scores_and_post_processes_each_model_with_its_own_mask_head():
+    # The training loop's evaluate() gives the evaluated model (here the EMA copy) to the criterion;
+    # the trainer binds post-processing to that model too.
+    import copy
+    import functools
+    from rfdetr.models.mask_postprocess import PostProcessMasks
+    from rfdetr.models.segmentation import DETRsegm
+    from rfdetr.training.ema import ModelEMA
+    from rfdetr.training.engine import evaluate
+    live = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").eval()
+    ema = ModelEMA(live, decay=0.9, tau=0).module
+    with torch.no_grad():
+        for parameter in ema.mask_head.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    samples = nested_tensor_from_images([torch.randn(3, 96, 96, generator=torch.Generator().manual_seed(0))])
+    targets = [{**target((96, 96), [RECT_A, RECT_B]), "image_id": torch.tensor(1)}]
+    criterion = build_criterion(model_config("nano", group_detr=1, aux_loss=False), TrainConfig())
+    add_mask_losses(criterion, 1.0, 1.0)
+
+    class Collect:
+        def update(self, image_ids, results):
+            self.masks = results[0]["masks"]
+
+        def summarize(self):
+            return {}
+
+    def run(model) -> tuple[dict, torch.Tensor]:
+        collect = Collect()
+        postprocess = functools.partial(PostProcessMasks(20, 5), model=model)  # as Trainer._postprocess(model)
+        result = evaluate(model, [(samples, targets)], criterion=criterion, postprocess=postprocess,
+                          evaluator=collect, class_rows=[0, 1], device=torch.device("cpu"), progress="none")
+        return result["losses"], collect.masks
+
+    (live_losses, live_masks), (ema_losses, ema_masks) = run(live), run(ema)
+    with torch.no_grad():
+        expected = criterion(ema(samples), targets, model=ema)
+    assert ema_losses["loss_dice"] == pytest.approx(float(expected["loss_dice"]))
+    assert ema_losses["loss_dice"] != pytest.approx(live_losses["loss_dice"])
+    assert not torch.equal(ema_masks, live_masks)
