@@ -25,6 +25,7 @@ Reports the best epoch's segm AP / AP50 / AP75 per seed and their mean.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -79,9 +80,9 @@ def upsampled_memory_forward(module: segmentation.DETRsegm, samples):
     outputs = ORIGINAL_FORWARD(module, samples)
     if isinstance(module.image_stem, MemoryStem):
         context = outputs["mask_context"]
-        context.fine_features = tuple(
+        outputs["mask_context"] = dataclasses.replace(context, fine_features=tuple(
             F.interpolate(context.memory, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-            for fine in context.fine_features)
+            for fine in context.fine_features))
     return outputs
 
 

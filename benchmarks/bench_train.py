@@ -110,7 +110,7 @@ class AllQueryMaskLoss:
         self.query_slots = query_slots
 
     def __call__(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                 num_boxes: float, log: bool = True) -> dict[str, torch.Tensor]:
+                 num_boxes: float, log: bool = True, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         context = outputs.get("mask_context")
         if context is None:  # aux / encoder outputs carry no masks
             return {}
@@ -118,7 +118,7 @@ class AllQueryMaskLoss:
         device = context.query_features.device
         slot_query = torch.arange(self.query_slots, device=device) % num_queries
         batch_index = torch.arange(batch, device=device).repeat_interleave(self.query_slots)
-        logits = context.predict(batch_index, slot_query.repeat(batch)).float()
+        logits = model.predict_masks(context, batch_index, slot_query.repeat(batch)).float()
         fractions = valid_fractions(context.image_mask, torch.stack([t["size"] for t in targets]))
         mask_terms, dice_terms = [], []
         for image, (target, (queries, target_index)) in enumerate(zip(targets, indices)):
@@ -260,7 +260,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     def step() -> None:
         with autocast():  # as the training loop: forward and criterion under the run's precision
             outputs = model(samples)
-            loss = criterion.weighted_loss(criterion(outputs, targets))
+            loss = criterion.weighted_loss(criterion(outputs, targets, model=model))
         loss.backward()
         grad_norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, train_config.clip_max_norm)))
         optimizer.step()

@@ -100,7 +100,7 @@ class RFDETR:
         outputs = {k: v.float() if k in ("pred_logits", "pred_boxes", "pred_masks") else v for k, v in outputs.items()}
         if self.masks:  # masks only for the detections above the threshold
             results = self.postprocess_masks(outputs, sizes, self.classes.class_rows,
-                                             score_threshold=threshold)
+                                             score_threshold=threshold, model=self.model)
         else:
             results = self.postprocess(outputs, sizes, class_rows=self.classes.class_rows)
         detections = to_detections(results, threshold, self.classes)

@@ -63,7 +63,7 @@ class _ExportForward(nn.Module):
         best = logits.index_select(-1, self.class_rows).amax(-1)  # sigmoid is monotonic
         top = best.topk(k, dim=1).indices
         image_index = torch.arange(batch, device=images.device)[:, None].expand(batch, k).reshape(-1)
-        masks = outputs["mask_context"].predict(image_index, top.reshape(-1))
+        masks = self.detector.predict_masks(outputs["mask_context"], image_index, top.reshape(-1))
         return boxes, logits, masks.view(batch, k, *masks.shape[-2:]), top
 
 

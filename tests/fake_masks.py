@@ -19,14 +19,10 @@ def fractions_of(sizes: list[tuple[int, int]]) -> list[tuple[float, float]]:
 
 
 class FakeContext:
-    """A mask context as ``DETRsegm`` makes one: the batch's padding mask and the head that predicts its masks."""
+    """A mask context as ``DETRsegm`` makes one, reduced to what the fake reads: the batch's padding mask."""
 
-    def __init__(self, image_mask: torch.Tensor, head: "FakeMaskModel"):
+    def __init__(self, image_mask: torch.Tensor):
         self.image_mask = image_mask
-        self.head = head
-
-    def predict(self, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        return self.head.predict_masks(self, batch_index, query_index)
 
 
 class FakeMaskModel:

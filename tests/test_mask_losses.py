@@ -47,13 +47,12 @@ def target(size: tuple[int, int], rects: list[tuple[float, float, float, float]]
             "size": torch.tensor(size), "orig_size": torch.tensor(size)}
 
 
-def batch_context(sizes: list[tuple[int, int]], head: FakeMaskModel | None = None,
-                  resize_to: int | None = None) -> FakeContext:
-    """The padded (optionally multi-scale resized) batch's mask context: its padding mask and ``head``."""
+def batch_context(sizes: list[tuple[int, int]], resize_to: int | None = None) -> FakeContext:
+    """The padded (optionally multi-scale resized) batch's mask context: its padding mask."""
     samples = nested_tensor_from_images([torch.zeros(3, h, w) for h, w in sizes])
     if resize_to is not None:
         samples = resize_batch(samples, resize_to)
-    return FakeContext(samples.mask, head)
+    return FakeContext(samples.mask)
 
 
 def match(*per_image: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -74,7 +73,7 @@ def two_image_case(render_rects: dict, sizes=((64, 64), (32, 48)), resize_to: in
     sizes = list(sizes)
     model = FakeMaskModel(fractions_of(sizes), rect_render(render_rects, logit))
     targets = [target(sizes[0], [RECT_A]), target(sizes[1], [RECT_B])]
-    outputs = {"mask_context": batch_context(sizes, model, resize_to)}
+    outputs = {"mask_context": batch_context(sizes, resize_to)}
     return model, outputs, targets, match([2], [5])
 
 
@@ -84,12 +83,12 @@ def test_perfect_logits_give_near_zero_losses_and_wrong_ones_large(options):
     # Points near an edge see logits interpolated between +-logit (and most points are drawn there):
     # their loss shrinks as 1 / logit.
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_B}, logit=500.0)
-    perfect = MaskLoss(**options)(outputs, targets, indices, num_boxes=2)
+    perfect = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
     tolerance = 0.01 if "num_points" in options else 1e-4
     assert perfect["loss_mask"] < tolerance and perfect["loss_dice"] < tolerance
 
-    _, wrong_outputs, *_ = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
-    wrong = MaskLoss(**options)(wrong_outputs, targets, indices, num_boxes=2)
+    wrong_model, wrong_outputs, *_ = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
+    wrong = MaskLoss(**options)(wrong_outputs, targets, indices, num_boxes=2, model=wrong_model)
     assert wrong["loss_mask"] > (0.5 if options.get("focal") else 2.0) and wrong["loss_dice"] > 0.3
 
 
@@ -98,7 +97,7 @@ def test_losses_are_per_mask_means_summed_over_num_boxes():
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
     model.render = lambda image, query, u, v: torch.where(rect_render({(0, 2): RECT_A, (1, 5): RECT_B})(
         image, query, u, v) > 0, -20.0, 20.0)
-    losses = MaskLoss()(outputs, targets, indices, num_boxes=4)
+    losses = MaskLoss()(outputs, targets, indices, num_boxes=4, model=model)
     assert losses["loss_mask"].item() == pytest.approx(2 * 20 / 4, rel=1e-4)
     # Dice with p ~ 1 off target and ~ 0 on it: 1 - 1 / (cells + 1); 16 x 16 and 8 x 12 cells.
     assert losses["loss_dice"].item() == pytest.approx((2 - 1 / 257 - 1 / 97) / 4, rel=1e-5)
@@ -116,15 +115,15 @@ def test_only_matched_pairs_are_predicted_and_aux_sets_are_skipped():
         return {"pred_logits": torch.randn(2, queries, rows, generator=generator),
                 "pred_boxes": torch.rand(2, queries, 4, generator=generator) * 0.5 + 0.25}
     outputs = {**output_set(), "aux_outputs": [output_set(), output_set()], "enc_outputs": output_set(),
-               "mask_context": batch_context(sizes, model)}
+               "mask_context": batch_context(sizes)}
     targets = [target(sizes[0], [RECT_A, RECT_B]), target(sizes[1], [RECT_B])]
-    losses = criterion(outputs, targets)
+    losses, matches = criterion.losses_and_matches(outputs, targets, model)
 
     assert {"loss_mask", "loss_dice"} <= set(losses)
     assert not [key for key in losses if key.startswith(("loss_mask_", "loss_dice_"))]
     assert criterion.weight_dict["loss_mask"] == 2.0 and criterion.weight_dict["loss_dice"] == 5.0
     assert len(model.requests) == 1  # one call, for the last layer only
-    src = criterion.last_indices[""]
+    src = matches[""]
     expected = [(image, q) for image, (queries_i, _) in enumerate(src) for q in queries_i.tolist()]
     assert model.requests[0] == expected and len(expected) == 3
 
@@ -140,7 +139,7 @@ def test_same_image_alone_or_padded_beside_a_larger_one_gives_the_same_loss(opti
     def loss(sizes: list[tuple[int, int]], targets: list[dict], indices) -> dict:
         torch.manual_seed(0)
         model = FakeMaskModel(fractions_of(sizes), render)
-        return MaskLoss(**options)({"mask_context": batch_context(sizes, model)}, targets, indices, num_boxes=2)
+        return MaskLoss(**options)({"mask_context": batch_context(sizes)}, targets, indices, num_boxes=2, model=model)
 
     alone = loss([image_size], [image_target], match([4, 1]))
     padded = loss([image_size, large], [image_target, target(large, [])], match([4, 1], []))
@@ -155,14 +154,13 @@ def test_multi_scale_resized_batch_still_aligns(options, resize_to):
     torch.manual_seed(0)
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_B}, resize_to=resize_to,
                                                       logit=500.0)
-    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2)
+    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
     tolerance = 0.01 if "num_points" in options else 1e-4
     assert losses["loss_mask"] < tolerance and losses["loss_dice"] < tolerance
     # Masks drawn as if the padded image filled the canvas (the fork's alignment) are far off:
     # the left half of the canvas is 2 / 3 of image 1 -> its dice ~ 1 - 1 / 1.17.
     naive = FakeMaskModel([(1.0, 1.0), (1.0, 1.0)], rect_render({(0, 2): RECT_A, (1, 5): RECT_B}))
-    naive_outputs = {"mask_context": FakeContext(outputs["mask_context"].image_mask, naive)}
-    assert MaskLoss(**options)(naive_outputs, targets, indices, num_boxes=2)["loss_dice"] > 0.05
+    assert MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=naive)["loss_dice"] > 0.05
 
 
 def test_valid_fractions_from_the_mask_refined_by_target_sizes():
@@ -190,7 +188,7 @@ def test_sampling_clamps_to_the_cells_overlapping_the_valid_region():
 
 def test_zero_matches_give_finite_zero_losses_connected_to_the_graph():
     model, outputs, targets, _ = two_image_case({})
-    losses = MaskLoss()(outputs, targets, match([], []), num_boxes=1)
+    losses = MaskLoss()(outputs, targets, match([], []), num_boxes=1, model=model)
     assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
     (losses["loss_mask"] + losses["loss_dice"]).backward()
     assert model.scale.grad is not None and model.scale.grad.item() == 0
@@ -203,16 +201,16 @@ def test_box_only_instances_add_no_mask_loss(options):
     targets[1]["has_mask"] = torch.tensor([False])
     targets[0]["has_mask"] = torch.tensor([True])
     generator = torch.Generator().manual_seed(0)
-    losses = MaskLoss(generator=generator, **options)(outputs, targets, indices, num_boxes=2)
+    losses = MaskLoss(generator=generator, **options)(outputs, targets, indices, num_boxes=2, model=model)
     assert model.requests[-1] == [(0, 2)]  # only the pair with a mask is predicted
     generator.manual_seed(0)
-    alone = MaskLoss(generator=generator, **options)(outputs, targets, match([2], []), num_boxes=2)
+    alone = MaskLoss(generator=generator, **options)(outputs, targets, match([2], []), num_boxes=2, model=model)
     for key in ("loss_mask", "loss_dice"):
         assert losses[key].item() == pytest.approx(alone[key].item(), abs=1e-6), key
         assert losses[key].item() < 0.05, key  # the one counted pair is perfect
 
     targets[0]["has_mask"] = torch.tensor([False])  # no mask left: zero losses, still on the graph
-    nothing = MaskLoss(**options)(outputs, targets, indices, num_boxes=2)
+    nothing = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
     assert nothing["loss_mask"].item() == 0 and nothing["loss_dice"].item() == 0
     nothing["loss_mask"].backward()
     assert model.scale.grad is not None
@@ -221,7 +219,7 @@ def test_box_only_instances_add_no_mask_loss(options):
 @pytest.mark.parametrize("options", MODES)
 def test_gradient_reaches_the_mask_predictions(options):
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
-    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2)
+    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
     (losses["loss_mask"] + losses["loss_dice"]).backward()
     assert model.scale.grad is not None and model.scale.grad.item() > 0
 
@@ -230,8 +228,10 @@ def test_targets_without_masks_are_an_error_and_sets_without_context_are_skipped
     model, outputs, targets, indices = two_image_case({})
     assert MaskLoss()({"pred_logits": torch.zeros(2, 3, 2)}, targets, indices, 1) == {}
     del targets[1]["masks"]
-    with pytest.raises(KeyError, match="masks=True"):
+    with pytest.raises(ValueError, match="the model that made the outputs"):
         MaskLoss()(outputs, targets, indices, 1)
+    with pytest.raises(KeyError, match="masks=True"):
+        MaskLoss()(outputs, targets, indices, 1, model=model)
     with pytest.raises(ValueError, match="num_points"):
         MaskLoss(num_points=0)
 
@@ -257,7 +257,7 @@ def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
     criterion = build_criterion(model_config("nano", group_detr=1), TrainConfig())
     add_mask_losses(criterion, 1.0, 1.0, **options)
     targets = [target(sizes[0], [RECT_A, RECT_B]), target(sizes[1], [RECT_B])]
-    losses = criterion(outputs, targets)
+    losses = criterion(outputs, targets, model=model)
     assert torch.isfinite(losses["loss_mask"]) and torch.isfinite(losses["loss_dice"])
     criterion.weighted_loss(losses).backward()
     head_grads = [p.grad for n, p in model.named_parameters() if n.startswith("mask_head.")]
@@ -265,8 +265,9 @@ def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
     assert all(p.grad is None for p in model.detr.parameters())
 
 
-def test_each_models_outputs_are_scored_with_its_own_mask_head():
-    # The EMA copy's validation losses must come from the EMA's mask head, not the trained one's.
+def test_each_models_outputs_are_scored_with_the_mask_head_of_the_model_given():
+    # The EMA copy's validation losses must come from the EMA's mask head, not the trained one's: the
+    # criterion computes masks with the model it is given (the training loop gives the one that ran).
     import copy
     from rfdetr.models.segmentation import DETRsegm
     from rfdetr.training.ema import ModelEMA
@@ -283,8 +284,53 @@ def test_each_models_outputs_are_scored_with_its_own_mask_head():
     with torch.no_grad():
         live_out, ema_out = live(images), ema(images)
         torch.testing.assert_close(ema_out["pred_logits"], live_out["pred_logits"])  # same detector
-        live_losses, ema_losses = criterion(live_out, targets), criterion(ema_out, targets)
-        pairs = criterion.last_indices[""][0][0]
+        live_losses = criterion(live_out, targets, model=live)
+        ema_losses, matches = criterion.losses_and_matches(ema_out, targets, ema)
+        ema_outputs_live_head = criterion(ema_out, targets, model=live)
+        pairs = matches[""][0][0]
         ema_logits = ema.predict_masks(ema_out["mask_context"], torch.zeros_like(pairs), pairs)
+        live_logits = live.predict_masks(ema_out["mask_context"], torch.zeros_like(pairs), pairs)
     assert not torch.isclose(ema_losses["loss_dice"], live_losses["loss_dice"])
-    assert ema_out["mask_context"].predict(torch.zeros_like(pairs), pairs).equal(ema_logits)
+    assert ema_outputs_live_head["loss_dice"].equal(live_losses["loss_dice"])  # the head decides, not the outputs
+    assert not ema_logits.equal(live_logits)
+
+
+def test_evaluation_scores_and_post_processes_each_model_with_its_own_mask_head():
+    # The training loop's evaluate() gives the evaluated model (here the EMA copy) to the criterion;
+    # the trainer binds post-processing to that model too.
+    import copy
+    import functools
+    from rfdetr.models.mask_postprocess import PostProcessMasks
+    from rfdetr.models.segmentation import DETRsegm
+    from rfdetr.training.ema import ModelEMA
+    from rfdetr.training.engine import evaluate
+    live = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").eval()
+    ema = ModelEMA(live, decay=0.9, tau=0).module
+    with torch.no_grad():
+        for parameter in ema.mask_head.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    samples = nested_tensor_from_images([torch.randn(3, 96, 96, generator=torch.Generator().manual_seed(0))])
+    targets = [{**target((96, 96), [RECT_A, RECT_B]), "image_id": torch.tensor(1)}]
+    criterion = build_criterion(model_config("nano", group_detr=1, aux_loss=False), TrainConfig())
+    add_mask_losses(criterion, 1.0, 1.0)
+
+    class Collect:
+        def update(self, image_ids, results):
+            self.masks = results[0]["masks"]
+
+        def summarize(self):
+            return {}
+
+    def run(model) -> tuple[dict, torch.Tensor]:
+        collect = Collect()
+        postprocess = functools.partial(PostProcessMasks(20, 5), model=model)  # as Trainer._postprocess(model)
+        result = evaluate(model, [(samples, targets)], criterion=criterion, postprocess=postprocess,
+                          evaluator=collect, class_rows=[0, 1], device=torch.device("cpu"), progress="none")
+        return result["losses"], collect.masks
+
+    (live_losses, live_masks), (ema_losses, ema_masks) = run(live), run(ema)
+    with torch.no_grad():
+        expected = criterion(ema(samples), targets, model=ema)
+    assert ema_losses["loss_dice"] == pytest.approx(float(expected["loss_dice"]))
+    assert ema_losses["loss_dice"] != pytest.approx(live_losses["loss_dice"])
+    assert not torch.equal(ema_masks, live_masks)

@@ -34,17 +34,12 @@ def detector_outputs(num_queries: int, rows: int, seed: int = 0) -> dict:
     samples = nested_tensor_from_images([torch.zeros(3, h, w) for h, w in SIZES])
     return {"pred_logits": torch.randn(len(SIZES), num_queries, rows, generator=generator),
             "pred_boxes": torch.rand(len(SIZES), num_queries, 4, generator=generator) * 0.5 + 0.25,
-            "mask_context": FakeContext(samples.mask, None)}
-
-
-def with_head(outputs: dict, head: FakeMaskModel) -> dict:
-    """``outputs`` whose mask context predicts with ``head`` (as a DETRsegm's context carries its own)."""
-    return {**outputs, "mask_context": FakeContext(outputs["mask_context"].image_mask, head)}
+            "mask_context": FakeContext(samples.mask)}
 
 
 def test_masks_are_cropped_to_the_valid_region_and_resized_to_the_original_size():
     model = FakeMaskModel(fractions_of(SIZES), left_half)
-    results = PostProcessMasks(num_select=20, max_masks=4)(with_head(detector_outputs(10, 3), model), ORIGINAL_SIZES)
+    results = PostProcessMasks(num_select=20, max_masks=4)(detector_outputs(10, 3), ORIGINAL_SIZES, model=model)
     for result, (height, width) in zip(results, ORIGINAL_SIZES.tolist()):
         masks = result["masks"]
         assert masks.dtype == torch.bool and masks.shape == (4, height, width)
@@ -55,7 +50,7 @@ def test_masks_follow_the_detections_order_and_boxes_match_postprocess():
     num_queries, rows = 12, 3
     outputs = detector_outputs(num_queries, rows)
     model = FakeMaskModel(fractions_of(SIZES), query_band(num_queries))
-    results = PostProcessMasks(num_select=30, max_masks=25)(with_head(outputs, model), ORIGINAL_SIZES)
+    results = PostProcessMasks(num_select=30, max_masks=25)(outputs, ORIGINAL_SIZES, model=model)
     reference = PostProcess(30)(outputs, ORIGINAL_SIZES)
     for image, (result, expected) in enumerate(zip(results, reference)):
         for key in ("scores", "labels", "boxes"):
@@ -74,7 +69,7 @@ def test_only_the_top_max_masks_are_predicted_once_per_query():
     outputs = detector_outputs(num_queries, rows, seed=1)
     outputs["pred_logits"][:, 7, :2] = 10.0  # query 7 is the top detection under two classes
     model = FakeMaskModel(fractions_of(SIZES), query_band(num_queries))
-    results = PostProcessMasks(num_select=50, max_masks=5)(with_head(outputs, model), ORIGINAL_SIZES)
+    results = PostProcessMasks(num_select=50, max_masks=5)(outputs, ORIGINAL_SIZES, model=model)
     assert len(model.requests) == 1
     requested = model.requests[0]
     expected_queries = top_queries(outputs["pred_logits"], 50)[:, :5]
@@ -88,7 +83,7 @@ def test_only_the_top_max_masks_are_predicted_once_per_query():
 def test_score_threshold_and_class_rows_keep_boxes_and_masks_aligned():
     outputs = detector_outputs(10, 4, seed=2)
     model = FakeMaskModel(fractions_of(SIZES), query_band(10))
-    results = PostProcessMasks(num_select=20, max_masks=None)(with_head(outputs, model), ORIGINAL_SIZES,
+    results = PostProcessMasks(num_select=20, max_masks=None)(outputs, ORIGINAL_SIZES, model=model,
                                                               class_rows=[0, 2],
                                                               score_threshold=0.5)
     reference = PostProcess(20)(outputs, ORIGINAL_SIZES, class_rows=[0, 2])
@@ -123,7 +118,7 @@ def test_real_detrsegm_masks_for_the_top_detections_only():
     original_sizes = torch.tensor([[300, 400], [200, 100]])
     with torch.no_grad():
         outputs = model(images)
-    results = PostProcessMasks(num_select=100, max_masks=10)(outputs, original_sizes)
+    results = PostProcessMasks(num_select=100, max_masks=10)(outputs, original_sizes, model=model)
     reference = PostProcess(100)(outputs, original_sizes)
     assert counts and sum(counts) <= 20
     for result, expected, (height, width) in zip(results, reference, original_sizes.tolist()):

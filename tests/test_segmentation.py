@@ -12,6 +12,7 @@ per batch composition, as tested here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 
 import pytest
@@ -35,7 +36,7 @@ def _filled_nano():
 
 
 def filled_nano():
-    """A fresh copy of a filled nano detector (50 queries); wrappers may freeze and hook it."""
+    """A fresh copy of a filled nano detector (50 queries); wrappers may freeze it."""
     return copy.deepcopy(_filled_nano())
 
 
@@ -245,16 +246,22 @@ def test_attention_maps_softmax_over_heads_and_positions_and_ignore_padding():
     assert (maps[1:, :, :4, :3] > 0).all()
 
 
-def test_deepcopy_rebinds_the_hooks_to_the_copy():
+def test_a_deepcopy_predicts_with_its_own_head_and_the_context_holds_tensors_only():
     model = DETRsegm(filled_nano(), mask_head="nano").eval()
     twin = copy.deepcopy(model)  # what EMA does
     x = images(batch=1)
+    pairs = indices((0, 2))
     with torch.no_grad():
         out, twin_out = model(x), twin(x)
-        pairs = indices((0, 2))
         torch.testing.assert_close(twin.predict_masks(twin_out["mask_context"], *pairs),
                                    model.predict_masks(out["mask_context"], *pairs), atol=0, rtol=0)
-    assert twin._captured is None and model._captured is None
+        for parameter in twin.mask_head.parameters():
+            parameter.add_(0.05)
+        assert not twin.predict_masks(out["mask_context"], *pairs).equal(model.predict_masks(out["mask_context"], *pairs))
+    fields = [getattr(out["mask_context"], f.name) for f in dataclasses.fields(MaskContext)]
+    flat = [v for field in fields for v in (field if isinstance(field, tuple) else (field,))]
+    assert not any(isinstance(value, torch.nn.Module) for value in flat)
+    assert all(torch.is_tensor(v) or isinstance(v, int) or v is None or isinstance(v, torch.dtype) for v in flat)
 
 
 def test_chunking_empty_requests_and_invalid_arguments():

@@ -7,8 +7,9 @@ the matched pairs. Key suffixes: none for the last layer, ``_0 .. _{L-2}`` for t
 
 Loss terms are looked up by name in :attr:`SetCriterion.loss_functions`; another module (mask
 losses) adds its own with :meth:`SetCriterion.register_loss`. A term is called as
-``fn(outputs, targets, indices, num_boxes, log=...)`` and returns a dict of named scalars; it
-returns ``{}`` for an output set it does not apply to (e.g. ``aux_outputs`` carry no masks).
+``fn(outputs, targets, indices, num_boxes, log=..., model=...)`` (``model``: the model that made the
+outputs, for terms that call back into it, as the mask losses do) and returns a dict of named
+scalars; it returns ``{}`` for an output set it does not apply to (e.g. ``aux_outputs`` carry no masks).
 """
 
 from __future__ import annotations
@@ -91,8 +92,6 @@ class SetCriterion(nn.Module):
             "boxes": self.loss_boxes,
             "cardinality": self.loss_cardinality,
         }
-        # Matching of the latest forward, keyed by output suffix ("", "_0", ..., "_enc").
-        self.last_indices: dict[str, list[ImageMatch]] = {}
 
     def register_loss(self, name: str, function: LossFunction, weights: dict[str, float] | None = None) -> None:
         """Add (or replace) a loss term, apply it from now on, and add its keys' weights."""
@@ -102,7 +101,7 @@ class SetCriterion(nn.Module):
         self.weight_dict.update(weights or {})
 
     def loss_labels(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                    num_boxes: float, log: bool = True) -> dict[str, torch.Tensor]:
+                    num_boxes: float, log: bool = True, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """IoU-aware BCE over all ``B x Q' x R`` logits: ``loss_ce`` (and ``class_error`` if ``log``).
 
         Matched (query, class) entries: positive weight ``t = clamp(p^alpha * IoU^(1-alpha), 0.01)``
@@ -131,7 +130,7 @@ class SetCriterion(nn.Module):
         return losses
 
     def loss_boxes(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                   num_boxes: float, log: bool = True) -> dict[str, torch.Tensor]:
+                   num_boxes: float, log: bool = True, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """``loss_bbox``: L1 of matched cxcywh boxes; ``loss_giou``: ``1 - GIoU``; both summed / num_boxes."""
         pred_boxes = outputs["pred_boxes"][matched_query_index(indices)]
         target_boxes = matched_targets(targets, indices, "boxes")
@@ -141,7 +140,7 @@ class SetCriterion(nn.Module):
 
     @torch.no_grad()
     def loss_cardinality(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                         num_boxes: float, log: bool = True) -> dict[str, torch.Tensor]:
+                         num_boxes: float, log: bool = True, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """``cardinality_error`` (logging only): mean |#queries whose argmax is not the last row - #targets|."""
         logits = outputs["pred_logits"]
         target_counts = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device)
@@ -156,27 +155,35 @@ class SetCriterion(nn.Module):
             sets.append(("_enc", outputs["enc_outputs"]))
         return sets
 
-    def forward(self, outputs: dict, targets: Sequence[dict]) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: dict, targets: Sequence[dict], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """All loss terms of all output sets, as ``{name + suffix: scalar}``.
 
         outputs: the detector's dict (``pred_logits [B, Q', R]``, ``pred_boxes [B, Q', 4]`` cxcywh,
         optional ``aux_outputs`` list and ``enc_outputs``); targets: per image ``labels [T_i]`` int64 and
-        ``boxes [T_i, 4]`` normalised cxcywh. The matchings are kept in :attr:`last_indices`.
+        ``boxes [T_i, 4]`` normalised cxcywh; model: the model that made ``outputs`` (needed by the mask
+        losses: the EMA copy itself when evaluating it).
         """
+        return self.losses_and_matches(outputs, targets, model)[0]
+
+    def losses_and_matches(self, outputs: dict, targets: Sequence[dict], model: nn.Module | None = None
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, list[ImageMatch]]]:
+        """:meth:`forward`'s losses and the matchings they were computed on, keyed by output suffix
+        (``""``, ``"_0"``, ..., ``"_enc"``): returned, not kept, so one criterion may serve many threads."""
         group_detr = self.group_detr if self.training else 1
         device = outputs["pred_logits"].device
         num_boxes = normalising_num_boxes(targets, 1 if self.sum_group_losses else group_detr, device)
         losses: dict[str, torch.Tensor] = {}
-        self.last_indices = {}
+        matches: dict[str, list[ImageMatch]] = {}
         for suffix, output_set in self._output_sets(outputs):
             output_set = in_float32(output_set)
             indices = self.matcher(output_set, targets, group_detr=group_detr)
-            self.last_indices[suffix] = indices
+            matches[suffix] = indices
             device_indices = [(src.to(device), tgt.to(device)) for src, tgt in indices]
             for name in self.losses:
-                terms = self.loss_functions[name](output_set, targets, device_indices, num_boxes, log=suffix == "")
+                terms = self.loss_functions[name](output_set, targets, device_indices, num_boxes, log=suffix == "",
+                                                  model=model)
                 losses.update({key + suffix: value for key, value in terms.items()})
-        return losses
+        return losses, matches
 
     def weighted_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """``sum(weight * loss)`` over the keys of ``losses`` that have a weight (in ``losses`` order)."""

@@ -19,9 +19,12 @@ paths off for a block of code (the benchmark does, to count FLOPs with torch's F
 bf16: under a CPU bf16 autocast without gradients (``dtype="bfloat16"`` inference, validation of a
 bf16 run) :class:`Linear` keeps a bf16 copy of its weight and bias, made on first use and remade
 when either changes, and computes on oneDNN with the bias fused: the autocast alone would cast
-every weight on every forward, and ``addmm`` first copies the bias into its output.
+every weight on every forward, and ``addmm`` first copies the bias into its output. (Where oneDNN
+has no bf16 kernel, on CPUs without AVX-512, the bf16 copies go to ``F.linear``.)
 
-Same parameters and state-dict keys as ``nn.Linear``; the cached copies are plain attributes.
+Same parameters and state-dict keys as ``nn.Linear``; the cached copies are plain attributes, made
+by the layer itself (a copy of the layer makes its own) and safe to fill from many threads at once:
+a cache table is replaced, never changed, so a reader needs no lock, and a lock serialises the writers.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import Iterator
 
 import torch
@@ -52,6 +56,17 @@ def _onednn_op():
         return torch.ops.mkldnn._linear_pointwise
     except (AttributeError, RuntimeError):  # a build without the op
         return None
+
+
+def _onednn_computes_bf16(op) -> bool:
+    """Whether oneDNN's linear op runs in bf16 here (it has no bf16 kernel on CPUs without AVX-512)."""
+    if op is None:
+        return False
+    try:
+        op(torch.ones(1, 1, dtype=torch.bfloat16), torch.ones(1, 1, dtype=torch.bfloat16), None, "none", [], "")
+    except RuntimeError:  # "could not create a primitive descriptor for the inner product"
+        return False
+    return True
 
 
 def _mkl_ops_available() -> bool:
@@ -78,6 +93,7 @@ def choose_kernel(vendor: str, available: dict[str, bool]) -> str:
 
 
 ONEDNN_OP = _onednn_op()
+ONEDNN_BF16 = _onednn_computes_bf16(ONEDNN_OP)
 _KERNEL = choose_kernel(cpu_vendor(), {"onednn": ONEDNN_OP is not None, "mkl": _mkl_ops_available()})
 _enabled = _KERNEL != "aten"
 
@@ -117,7 +133,14 @@ def _version_key(p: torch.Tensor) -> tuple:
 
 class _Derived(dict):
     """A layer's tensors derived from its parameters (packed or cast weights). Never copied or pickled:
-    a copy rebuilds its own on first use (MKL's packed weights cannot be deep-copied at all)."""
+    a copy rebuilds its own on first use (MKL's packed weights cannot be deep-copied at all).
+
+    Thread safety: each entry is published whole (a new table or tuple, never changed after it is
+    stored), so readers take no lock; writers hold :attr:`lock` so that no update is lost."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> "_Derived":
         return _Derived()
@@ -127,6 +150,10 @@ class _Derived(dict):
 
 
 class Linear(nn.Linear):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._derived_tensors = _Derived()  # made here, not during a forward
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _fast_path(x, self.weight):
             x = x.contiguous()
@@ -137,7 +164,7 @@ class Linear(nn.Linear):
         lowered = inference_autocast_dtype(x)
         if lowered is not None and not _recording_a_graph():
             weight, bias = self._lowered_parameters(lowered)
-            if ONEDNN_OP is not None and _KERNEL != "aten" and 2 <= x.dim() <= 3:
+            if ONEDNN_BF16 and _KERNEL != "aten" and 2 <= x.dim() <= 3:
                 return ONEDNN_OP(x.to(lowered).contiguous(), weight, bias, "none", [], "")  # bias fused
             return F.linear(x, weight, bias)
         return F.linear(x, self.weight, self.bias)
@@ -145,26 +172,32 @@ class Linear(nn.Linear):
     def _packed_weight(self, rows: int) -> torch.Tensor:
         """The weight packed by MKL for products with ``rows`` rows, packed again when it changes."""
         key = _version_key(self.weight)
-        packed = self._derived().setdefault("packed", {})
-        entry = packed.get(rows)
-        if entry is None or entry[0] != key:
-            packed.pop(rows, None)
-            while len(packed) >= PACKED_ROW_COUNTS:
-                packed.pop(next(iter(packed)))  # the oldest row count
-            entry = packed[rows] = (key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows))
-        return entry[1]
+        derived = self._derived()
+        entry = derived.get("packed", {}).get(rows)
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight.detach(), rows)
+        with derived.lock:  # publish a new table: readers of the old one are undisturbed
+            table = {count: kept for count, kept in derived.get("packed", {}).items() if count != rows}
+            kept_counts = list(table)[max(0, len(table) - (PACKED_ROW_COUNTS - 1)):]  # drop the oldest
+            derived["packed"] = {**{count: table[count] for count in kept_counts}, rows: (key, packed)}
+        return packed
 
     def _lowered_parameters(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Weight and bias cast to ``dtype``: cast once, reused until either changes (in place, as a load,
         an optimizer step or an EMA update does, or by being moved or replaced)."""
         key = (dtype, *(_version_key(p) for p in (self.weight, self.bias) if p is not None))
         derived = self._derived()
-        cached = derived.get("lowered")
+        cached = derived.get("lowered")  # one (key, tensors) tuple, replaced whole
         if cached is None or cached[0] != key:
             bias = None if self.bias is None else self.bias.detach().to(dtype)
-            cached = derived["lowered"] = (key, (self.weight.detach().to(dtype), bias))
+            cached = (key, (self.weight.detach().to(dtype), bias))
+            with derived.lock:
+                derived["lowered"] = cached
         return cached[1]
 
     def _derived(self) -> _Derived:
-        # A plain attribute: not a parameter or buffer, so not in the state dict.
-        return self.__dict__.setdefault("_derived_tensors", _Derived())
+        # A plain attribute: not a parameter or buffer, so not in the state dict. Made with the layer
+        # (see __init__); setdefault (atomic) covers a layer made without __init__, e.g. by unpickling.
+        derived = self.__dict__.get("_derived_tensors")
+        return derived if derived is not None else self.__dict__.setdefault("_derived_tensors", _Derived())

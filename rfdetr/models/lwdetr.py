@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,16 @@ from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
 # Focal-loss prior: new class logits start at sigmoid^-1(0.01).
 CLASS_PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
+
+
+class DetectorFeatures(NamedTuple):
+    """What the detector computed on the way to its outputs: ``levels``, the projector maps
+    ``[B, hidden_dim, h_l, w_l]`` (finest first); ``masks``, their padding ``[B, h_l, w_l]`` (True =
+    padding); ``query_features [B, Q', hidden_dim]``, the last decoder layer's states."""
+
+    levels: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    query_features: torch.Tensor
 
 
 class LWDETR(nn.Module):
@@ -70,6 +80,12 @@ class LWDETR(nn.Module):
         - with a ``segmentation_head``: ``pred_masks [B, Q', H / r, W / r]`` mask logits of every query
           (and of every earlier layer in ``aux_outputs`` while training).
         """
+        return self.forward_with_features(samples)[0]
+
+    def forward_with_features(self, samples: NestedTensor | torch.Tensor | Sequence[torch.Tensor]
+                              ) -> tuple[dict, DetectorFeatures]:
+        """:meth:`forward`'s outputs and the :class:`DetectorFeatures` they were computed from (what a
+        mask head reads; returned as values, so one model can serve many threads)."""
         samples = nested_tensor_from_images(samples)
         levels, masks = self.backbone(samples)
         queries = self.refpoint_embed.weight.shape[0] if self.training else self.num_queries
@@ -88,7 +104,7 @@ class LWDETR(nn.Module):
             for aux, layer_masks in zip(out.get("aux_outputs", []) if every_layer else [], masks[:-1]):
                 aux["pred_masks"] = layer_masks
         out["enc_outputs"] = {"pred_logits": decoded["enc_logits"], "pred_boxes": decoded["enc_boxes"]}
-        return out
+        return out, DetectorFeatures(levels, masks, hs[-1])
 
 
 def build_detector(config: ModelConfig) -> LWDETR:

@@ -118,9 +118,9 @@ def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class MaskLoss:
     """The SetCriterion term ``"masks"``: ``loss_mask`` and ``loss_dice`` of the matched queries.
 
-    Masks come from the outputs' ``mask_context``, which carries the head of the model that ran
-    (``MaskContext.predict``): the loss holds no model, and the EMA copy's outputs are scored with
-    the EMA's head. num_points: ``None`` compares whole masks
+    Masks come from the outputs' ``mask_context`` through the mask head of the model that ran, which
+    the criterion passes with each call (``model.predict_masks``): the loss holds no model, and the
+    EMA copy's outputs are scored with the EMA's head. num_points: ``None`` compares whole masks
     on the prediction grid, an int samples that many points per mask (module docstring). focal:
     sigmoid focal loss (``focal_alpha``, ``focal_gamma``) instead of BCE for ``loss_mask``. generator:
     the RNG of the point sampling (on the predictions' device), default the global one.
@@ -143,8 +143,10 @@ class MaskLoss:
         self.generator = generator
 
     def __call__(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                 num_boxes: float, log: bool = True) -> dict[str, torch.Tensor]:
+                 num_boxes: float, log: bool = True, model: Any = None) -> dict[str, torch.Tensor]:
         """``{"loss_mask", "loss_dice"}`` for an output set with ``mask_context``; ``{}`` otherwise.
+
+        model: the ``DETRsegm`` that made ``outputs`` (its :meth:`predict_masks` computes the masks).
 
         targets: per image ``masks [T_i, h, w]`` (uint8/bool/float) at the image's unpadded size, and
         optionally ``has_mask [T_i]`` (pairs whose instance has none add no loss) and ``size`` (h, w)
@@ -153,14 +155,16 @@ class MaskLoss:
         context = outputs.get("mask_context")
         if context is None:
             return {}
+        if model is None:
+            raise ValueError("mask losses need the model that made the outputs: criterion(outputs, targets, model=model)")
         indices = matches_with_masks(targets, indices)
         batch_index, query_index = matched_query_index(indices)
         if batch_index.numel() == 0:
-            return self._zero_losses(context, batch_index.device)
+            return self._zero_losses(model, context, batch_index.device)
         for position, target in enumerate(targets):
             if "masks" not in target:
                 raise KeyError(f"target {position} has no 'masks' (build the dataset with masks=True)")
-        logits = context.predict(batch_index, query_index).float()
+        logits = model.predict_masks(context, batch_index, query_index).float()
         sizes = torch.stack([t["size"] for t in targets]) if all("size" in t for t in targets) else None
         fractions = valid_fractions(context.image_mask, sizes)
         if self.num_points is None:
@@ -176,10 +180,11 @@ class MaskLoss:
             return sigmoid_focal_per_mask(logits, targets, self.focal_alpha, self.focal_gamma)
         return sigmoid_ce_per_mask(logits, targets)
 
-    def _zero_losses(self, context: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    @staticmethod
+    def _zero_losses(model: Any, context: Any, device: torch.device) -> dict[str, torch.Tensor]:
         """Zero losses that still reach every mask-head parameter (DDP expects a gradient for each)."""
         first = torch.zeros(1, dtype=torch.long, device=device)
-        zero = context.predict(first, first).float().sum() * 0.0
+        zero = model.predict_masks(context, first, first).float().sum() * 0.0
         return {"loss_mask": zero, "loss_dice": zero.clone()}
 
     @staticmethod

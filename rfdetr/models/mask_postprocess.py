@@ -64,11 +64,13 @@ def paste_masks(logits: torch.Tensor, fraction: torch.Tensor, size: Sequence[int
 class PostProcessMasks(nn.Module):
     """:class:`PostProcess` results (first ``max_masks`` detections) with ``masks [K, H, W]`` bool added.
 
-    ``forward(outputs, target_sizes, class_rows=None, score_threshold=None)``: outputs of a
-    ``DETRsegm`` (with ``mask_context``, which carries the head of the model that ran: the EMA copy's
-    own head when evaluating it), ``target_sizes [B, 2]`` original (height, width). Per image: ``scores``, ``labels``, ``boxes`` as PostProcess gives them, truncated to
-    the top ``max_masks`` (``None``: all ``num_select``) and, with ``score_threshold``, to scores
-    above it, so boxes and masks stay aligned; ``masks`` predicted for those only.
+    ``forward(outputs, target_sizes, class_rows=None, score_threshold=None, *, model)``: outputs of
+    the ``DETRsegm`` ``model`` (with ``mask_context``), whose mask head predicts the masks (pass the
+    model that ran: the EMA copy itself when evaluating it), ``target_sizes [B, 2]`` original
+    (height, width). Per image: ``scores``, ``labels``, ``boxes`` as PostProcess gives them,
+    truncated to the top ``max_masks`` (``None``: all ``num_select``) and, with
+    ``score_threshold``, to scores above it, so boxes and masks stay aligned; ``masks`` predicted
+    for those only.
     """
 
     def __init__(self, num_select: int, max_masks: int | None, mask_threshold: float = 0.0,
@@ -84,7 +86,7 @@ class PostProcessMasks(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: torch.Tensor, class_rows: Sequence[int] | None = None,
-                score_threshold: float | None = None) -> list[dict[str, torch.Tensor]]:
+                score_threshold: float | None = None, *, model: nn.Module) -> list[dict[str, torch.Tensor]]:
         context = outputs["mask_context"]
         results = self.boxes(outputs, target_sizes, class_rows=None if class_rows is None else list(class_rows))
         queries = top_queries(outputs["pred_logits"], self.num_select, class_rows)
@@ -97,7 +99,7 @@ class PostProcessMasks(nn.Module):
             pairs.append(torch.unique(image_queries[:keep], return_inverse=True))
         batch_index = torch.cat([torch.full_like(unique, i) for i, (unique, _) in enumerate(pairs)])
         query_index = torch.cat([unique for unique, _ in pairs])
-        logits = context.predict(batch_index, query_index)
+        logits = model.predict_masks(context, batch_index, query_index)
         fractions = valid_fractions(context.image_mask)
         start = 0
         for image, (result, (unique, inverse)) in enumerate(zip(kept, pairs)):

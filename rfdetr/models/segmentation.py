@@ -1,8 +1,14 @@
 """Instance segmentation as a wrapper around a detector (DETR's ``DETRsegm`` recipe).
 
-The detector knows nothing of masks. :class:`DETRsegm` runs it unchanged, keeps what a mask head
-needs (:class:`MaskContext`) and computes masks only when asked, for chosen (image, query) pairs:
-the matched queries in the loss, the top-k detections in post-processing. Never for all queries.
+The detector knows nothing of masks. :class:`DETRsegm` runs it unchanged, returns what a mask head
+needs (:class:`MaskContext`, tensors only) with its outputs and computes masks only when asked
+(:meth:`DETRsegm.predict_masks`), for chosen (image, query) pairs: the matched queries in the loss,
+the top-k detections in post-processing. Never for all queries.
+
+No per-call state: the detector hands its features back as values
+(:meth:`~rfdetr.models.lwdetr.LWDETR.forward_with_features`), no hook records them and no attribute
+is written during a call, so one model object may serve many threads; whoever computes masks calls
+the model that ran (an EMA copy's own head when evaluating it).
 
 Two-stage training: ``DETRsegm(detector, freeze_detr=True)`` keeps the detector in eval mode with
 no gradients (its outputs are bit-identical to the bare detector's); ``freeze_detr=False`` trains
@@ -12,7 +18,7 @@ everything at once. State dict: the detector under ``detr.*`` plus ``bbox_attent
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
@@ -29,18 +35,18 @@ from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 MASK_STRIDE = 4
 
 
-@dataclass
+@dataclass(frozen=True)
 class MaskContext:
-    """Everything :meth:`DETRsegm.predict_masks` needs, per batch (B images, Q' queries).
+    """Everything :meth:`DETRsegm.predict_masks` needs, per batch (B images, Q' queries): tensors only.
 
     memory ``[B, C, h, w]``: the coarsest projector level; memory_mask ``[B, h, w]`` its padding
     (True = padding); query_features ``[B, Q', C]``: last decoder layer states, in the order of
-    ``pred_logits``; query_boxes ``[B, Q', 4]``: their ``pred_boxes`` (detached); fine_features: ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps
-    (stride 8 also holds any finer projector level); image_size ``(H, W)`` of the padded batch;
-    image_mask ``[B, H, W]`` its padding; head: the ``DETRsegm`` that made the context, whose
-    mask head :meth:`predict` runs (an EMA copy's context runs the EMA's head); autocast_dtype: the
-    autocast the forward ran under (None: none), which :meth:`predict` runs under again, since
-    post-processing calls it after the forward's autocast has ended.
+    ``pred_logits``; query_boxes ``[B, Q', 4]``: their ``pred_boxes`` (detached); fine_features:
+    ``([B, c8, H/8, W/8], [B, c4, H/4, W/4])`` image-stem maps (stride 8 also holds any finer
+    projector level); image_size ``(H, W)`` of the padded batch; image_mask ``[B, H, W]`` its
+    padding; autocast_dtype: the autocast the forward ran under (None: none), which
+    :meth:`DETRsegm.predict_masks` runs under again, since post-processing calls it after the
+    forward's autocast has ended.
     """
 
     memory: torch.Tensor
@@ -50,16 +56,7 @@ class MaskContext:
     fine_features: tuple[torch.Tensor, torch.Tensor]
     image_size: tuple[int, int]
     image_mask: torch.Tensor
-    head: "DETRsegm" = field(repr=False)
     autocast_dtype: torch.dtype | None = None
-
-    def predict(self, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
-        """Mask logits ``[N, H4, W4]`` (fp32) for the pairs ``(batch_index, query_index)``
-        (:meth:`DETRsegm.predict_masks`)."""
-        if self.autocast_dtype is None:
-            return self.head.predict_masks(self, batch_index, query_index)
-        with torch.autocast(self.memory.device.type, dtype=self.autocast_dtype):
-            return self.head.predict_masks(self, batch_index, query_index).float()
 
     @property
     def mask_size(self) -> tuple[int, int]:
@@ -90,10 +87,6 @@ class DETRsegm(nn.Module):
         stride8_channels = self.image_stem.out_channels[1] + hidden_dim * (cross_attn.n_levels - 1)
         fine_channels = (stride8_channels, self.image_stem.out_channels[0])
         self.mask_head = MASK_HEADS[mask_head](hidden_dim, num_heads, fine_channels)
-        # Bound-method hooks: a deepcopy (EMA) re-binds them to the copy.
-        self._captured: dict | None = None
-        detr.backbone.register_forward_hook(self._record_backbone)
-        detr.transformer.register_forward_hook(self._record_transformer)
         if freeze_detr:
             detr.requires_grad_(False)
             detr.eval()
@@ -118,25 +111,8 @@ class DETRsegm(nn.Module):
             self.detr.eval()
         return self
 
-    def _record_backbone(self, module: nn.Module, inputs: tuple, output: tuple) -> None:
-        if self._captured is not None:
-            self._captured["levels"], self._captured["masks"] = output
-
-    def _record_transformer(self, module: nn.Module, inputs: tuple, output: dict) -> None:
-        if self._captured is not None:
-            self._captured["hs"] = output["hs"][-1]
-
-    def _run_detector(self, samples: NestedTensor) -> tuple[dict, dict]:
-        self._captured = {}
-        try:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):
-                outputs = self.detr(samples)
-            return outputs, self._captured
-        finally:
-            self._captured = None
-
     def forward(self, samples: NestedTensor | torch.Tensor | Sequence[torch.Tensor]) -> dict:
-        """Run the detector and keep the mask context; masks are computed by :meth:`predict_masks`.
+        """Run the detector and return the mask context; masks are computed by :meth:`predict_masks`.
 
         Returns the detector's outputs unchanged (``pred_logits [B, Q', R]``, ``pred_boxes [B, Q', 4]``,
         ``aux_outputs``, ``enc_outputs``; ``Q' = num_queries * group_detr`` when the detector trains,
@@ -144,35 +120,44 @@ class DETRsegm(nn.Module):
         ``mask_context``: a :class:`MaskContext` for these images and queries.
         """
         samples = nested_tensor_from_images(samples)
-        outputs, captured = self._run_detector(samples)
-        levels, masks = captured["levels"], captured["masks"]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_detr):
+            outputs, features = self.detr.forward_with_features(samples)
+        levels = features.levels
         stride8, stride4 = self.image_stem(samples.tensors)
         if len(levels) > 1:
             finer = [F.interpolate(level, size=stride8.shape[-2:], mode="bilinear", align_corners=False)
                      for level in levels[:-1]]
             stride8 = torch.cat([stride8, *finer], dim=1)
+        device_type = levels[-1].device.type
         outputs["mask_context"] = MaskContext(
             memory=levels[-1],
-            memory_mask=masks[-1],
-            query_features=captured["hs"],
+            memory_mask=features.masks[-1],
+            query_features=features.query_features,
             query_boxes=outputs["pred_boxes"].detach(),
             fine_features=(stride8, stride4),
             image_size=tuple(samples.tensors.shape[-2:]),
             image_mask=samples.mask,
-            head=self,
-            autocast_dtype=(torch.get_autocast_dtype(levels[-1].device.type)
-                            if torch.is_autocast_enabled(levels[-1].device.type) else None),
+            autocast_dtype=(torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type)
+                            else None),
         )
         return outputs
 
     def predict_masks(self, mask_context: MaskContext, batch_index: torch.Tensor,
                       query_index: torch.Tensor) -> torch.Tensor:
         """Mask logits ``[N, H4, W4]`` (stride 4 of the padded batch) for queries ``query_index [N]`` of
-        images ``batch_index [N]`` (both int64). Queries go through the head ``mask_chunk`` at a time."""
+        images ``batch_index [N]`` (both int64), from ``mask_context`` of this model's forward.
+
+        Runs under the autocast that forward ran under (``mask_context.autocast_dtype``; the logits are
+        then cast to fp32); queries go through the head ``mask_chunk`` at a time."""
+        if mask_context.autocast_dtype is None:
+            return self._mask_logits(mask_context, batch_index, query_index)
+        with torch.autocast(mask_context.memory.device.type, dtype=mask_context.autocast_dtype):
+            return self._mask_logits(mask_context, batch_index, query_index).float()
+
+    def _mask_logits(self, context: MaskContext, batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
         if batch_index.shape != query_index.shape or batch_index.dim() != 1:
             raise ValueError(f"batch_index {tuple(batch_index.shape)} and query_index {tuple(query_index.shape)} "
                              "must be 1-D of equal length")
-        context = mask_context
         if batch_index.numel() == 0:
             return context.memory.new_zeros((0, *context.mask_size))
         keys = self.bbox_attention.project_keys(context.memory)

@@ -96,7 +96,7 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
             with settings.autocast():
                 outputs = model(samples)
                 _check_finite_predictions(outputs, epoch, step)
-                losses = settings.criterion(outputs, targets)
+                losses = settings.criterion(outputs, targets, model=unwrap(model))
                 loss = settings.criterion.weighted_loss(losses)
             if not torch.isfinite(loss):
                 terms = {k: round(float(v.detach()), 4) for k, v in losses.items() if k in settings.criterion.weight_dict}
@@ -169,7 +169,7 @@ def evaluate(model: nn.Module, loader, *, criterion: nn.Module, postprocess: Cal
         targets = move_targets(targets, device)
         with autocast():
             outputs = model(samples)
-            losses = criterion(outputs, targets)
+            losses = criterion(outputs, targets, model=model)
         loss = criterion.weighted_loss(losses)
         meters.add({"loss": float(loss), **{k: float(v) for k, v in losses.items() if k in criterion.weight_dict}})
         outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()

@@ -19,12 +19,14 @@ is what makes ``--resume`` continue exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -269,7 +271,7 @@ class Trainer:
         dataset = self.datasets[split]
         iou_types = ("bbox", "segm") if self.masks else ("bbox",)
         evaluator = CocoEvaluator(dataset.coco, self.classes, iou_types)
-        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=self._postprocess(),
+        return evaluate(model, self._eval_loader(split), criterion=self.criterion, postprocess=self._postprocess(model),
                         evaluator=evaluator, class_rows=self.classes.class_rows, device=self.device,
                         autocast=self.autocast, progress=self.progress, desc=desc or split)
 
@@ -281,13 +283,13 @@ class Trainer:
         except (OSError, ValueError, RuntimeError, ImportError) as error:
             logger.warning("could not draw %s: %s", write.__name__, error)
 
-    def _postprocess(self):
+    def _postprocess(self, model: nn.Module) -> Callable:
+        """Post-processing of ``model``'s outputs: masks come from ``model``'s own head (regular or EMA)."""
         if not self.masks:
             return self.postprocess
         from rfdetr.models.mask_postprocess import PostProcessMasks
 
-        # the outputs carry the evaluated model's own mask head (regular or EMA)
-        return PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS)
+        return functools.partial(PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS), model=model)
 
     def _selection_metric(self, result: dict) -> float:
         metrics = result["metrics"] or {}
@@ -371,7 +373,7 @@ class Trainer:
             if self.config.plots:
                 unwrap(self.model).load_state_dict(best["model"])
                 self._draw(write_end_of_run_pictures, unwrap(self.model), self.datasets["valid"], self.classes,
-                           self._postprocess(), self.device, self.autocast, self.output_dir)
+                           self._postprocess(unwrap(self.model)), self.device, self.autocast, self.output_dir)
             summary = results_json(self.best_record[kind]["valid"], test["metrics"] if test else None,
                                    epoch=self.best_epoch[kind])
             summary.update(best_weights=kind, selection_metric=f"{self.select_on}_AP")
