@@ -33,7 +33,10 @@ class PostProcessDenseMasks(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: torch.Tensor, class_rows: Sequence[int] | None = None,
-                score_threshold: float | None = None) -> list[dict[str, torch.Tensor]]:
+                score_threshold: float | None = None, *,
+                model: nn.Module | None = None) -> list[dict[str, torch.Tensor]]:
+        """``model``: accepted for :class:`~rfdetr.models.mask_postprocess.PostProcessMasks`'s signature; the masks
+        are already in ``outputs``."""
         rows = None if class_rows is None else list(class_rows)
         results = self.boxes(outputs, target_sizes, class_rows=rows)
         queries = top_queries(outputs["pred_logits"], self.num_select, rows)

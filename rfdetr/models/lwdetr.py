@@ -99,10 +99,10 @@ class LWDETR(nn.Module):
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         if self.segmentation_head is not None:
             every_layer = self.training and self.aux_loss
-            masks = self.segmentation_head(levels[0], hs, samples.tensors.shape[-2:], all_layers=every_layer)
-            out["pred_masks"] = masks[-1]
-            for aux, layer_masks in zip(out.get("aux_outputs", []) if every_layer else [], masks[:-1]):
-                aux["pred_masks"] = layer_masks
+            mask_logits = self.segmentation_head(levels[0], hs, samples.tensors.shape[-2:], all_layers=every_layer)
+            out["pred_masks"] = mask_logits[-1]
+            for aux, layer_logits in zip(out.get("aux_outputs", []) if every_layer else [], mask_logits[:-1]):
+                aux["pred_masks"] = layer_logits
         out["enc_outputs"] = {"pred_logits": decoded["enc_logits"], "pred_boxes": decoded["enc_boxes"]}
         return out, DetectorFeatures(levels, masks, hs[-1])
 
