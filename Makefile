@@ -1,6 +1,6 @@
-# RT-DETR-Seg: `make test` runs the test suite, `make demo` runs the main pipeline.
-# Both create .venv on first use (tools/ensure_venv.sh) and re-install only when the
-# requirement files change.
+# RT-DETR-Seg: `make check` runs the quick tests (unit, parity, API: no training runs), `make test`
+# the whole suite (what CI runs), `make demo` the main pipeline. Each creates .venv on first use
+# (tools/ensure_venv.sh) and re-installs only when the requirement files change.
 
 PYTHON_VENV := .venv/bin/python
 # Offline-safe runtime settings (no model hub, no W&B account, no display).
@@ -12,10 +12,13 @@ export MPLBACKEND := Agg
 # Let Python cache byte-code in the venv (imports of torch are 2x slower without it).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv test demo bench clean
+.PHONY: venv check test demo bench clean
 
 venv:
 	@bash tools/ensure_venv.sh
+
+check: venv
+	$(PYTHON_VENV) -m pytest -q -m "not slow" tests
 
 test: venv
 	$(PYTHON_VENV) -m pytest -q tests

@@ -1,53 +1,99 @@
-"""Shared fixtures: the golden reference data (../shared/reference) and filled models."""
+"""Shared fixtures: the golden reference data (tests/golden, README there) and filled models."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import skimage.data
 import torch
 
 from rfdetr.config import model_config
 from rfdetr.models import build_detector
 from rfdetr.util.weight_fill import fill_model_
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("RFDETR_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+# The preprocessing upstream's inputs were made with (torchvision's to_tensor and normalize).
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # The goldens were produced with 2 threads; use the same so float sums are ordered alike.
 torch.set_num_threads(2)
 
 
-def reference_path(name: str) -> Path:
-    path = REFERENCE_DIR / name
+def golden_path(name: str) -> Path:
+    path = GOLDEN_DIR / name
     if not path.exists():
-        raise FileNotFoundError(
-            f"reference file {path} is missing: the tests need ../shared/reference beside the repository "
-            "(or RFDETR_REFERENCE_DIR pointing at it)"
-        )
+        raise FileNotFoundError(f"golden file {path} is missing: tools/trim_goldens.py re-makes tests/golden")
     return path
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _photo(image: dict) -> np.ndarray:
+    """The scikit-image photo upstream started from, checked byte for byte."""
+    photo = getattr(skimage.data, image["source"])()
+    if list(photo.shape) != image["shape"] or _sha256(photo) != image["sha256_uint8"]:
+        raise ValueError(f"skimage.data.{image['source']}() is not the photo the goldens were made from")
+    return photo
+
+
+def _model_input(photo: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """uint8 H x W x 3 -> /255 float32 [3, H, W] -> ImageNet-normalised -> bilinear antialiased resize."""
+    image = torch.from_numpy(photo).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+    image = (image - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    return torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear",
+                                           align_corners=False, antialias=True)[0]
+
+
+def _checked(tensor: torch.Tensor, stored: dict, name: str) -> torch.Tensor:
+    """``tensor`` if it is bit for bit the upstream input whose shape and digest are ``stored``."""
+    if list(tensor.shape) != stored["shape"] or _sha256(tensor.numpy()) != stored["sha256"]:
+        raise ValueError(f"{name} rebuilt from the photo differs from upstream's input "
+                         f"(shape {list(tensor.shape)} vs {stored['shape']}, or its bytes)")
+    return tensor
+
+
+def golden_inputs(meta: dict, digests: dict) -> dict:
+    """Upstream's model inputs, rebuilt from the photos and checked against their stored digests.
+
+    ``input_a`` [1, 3, R, R] is the astronaut; ``input_b`` is the list [astronaut [3, R, R], coffee
+    [3, h, w]] (``meta["input_b_hw"]``), which the model pads into one batch.
+    """
+    resolution = meta["resolution"]
+    astronaut = _model_input(_photo(meta["image_a"]), resolution, resolution)
+    coffee = _model_input(_photo(meta["image_b"]), *meta["input_b_hw"][1])
+    input_a = _checked(astronaut[None], digests["input_a"], "input_a")
+    input_b = [_checked(image, stored, f"input_b[{i}]")
+               for i, (image, stored) in enumerate(zip([astronaut, coffee], digests["input_b"]))]
+    return {"input_a": input_a, "input_b": input_b}
 
 
 @functools.lru_cache(maxsize=None)
 def golden(size: str) -> dict:
-    return torch.load(reference_path(f"golden_{size}.pt"), map_location="cpu", weights_only=True)
+    """``golden_<size>.pt`` (layout in tests/golden/README.md) with its model inputs rebuilt."""
+    stored = torch.load(golden_path(f"golden_{size}.pt"), map_location="cpu", weights_only=True)
+    return {**stored, **golden_inputs(stored["meta"], stored["inputs"])}
 
 
 @functools.lru_cache(maxsize=None)
 def reference_configs() -> dict:
-    return json.loads(reference_path("configs.json").read_text())["sizes"]
+    return json.loads(golden_path("configs.json").read_text())["sizes"]
 
 
 def reference_keys(name: str) -> dict[str, tuple[list[int], str]]:
     """``keys_<name>.txt`` as {key: (shape, dtype name)}."""
     keys = {}
-    for line in reference_path(f"keys_{name}.txt").read_text().splitlines():
+    for line in golden_path(f"keys_{name}.txt").read_text().splitlines():
         key, shape, dtype = line.split("\t")
         keys[key] = (json.loads(shape), dtype)
     return keys
@@ -56,7 +102,7 @@ def reference_keys(name: str) -> dict[str, tuple[list[int], str]]:
 @functools.lru_cache(maxsize=None)
 def reference_fill_module():
     """The reference implementation of the weight-fill rule (fill_weights.py)."""
-    spec = importlib.util.spec_from_file_location("reference_fill_weights", reference_path("fill_weights.py"))
+    spec = importlib.util.spec_from_file_location("reference_fill_weights", golden_path("fill_weights.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -127,10 +173,10 @@ def filled_detector_copy(filled_detectors):
 
 def reference_make_checkpoint():
     """The reference writer of upstream-format checkpoints (make_checkpoint.py)."""
-    folder = str(reference_path("make_checkpoint.py").parent)
+    folder = str(GOLDEN_DIR)
     sys.path.insert(0, folder)  # it imports fill_weights from its own folder
     try:
-        spec = importlib.util.spec_from_file_location("reference_make_checkpoint", reference_path("make_checkpoint.py"))
+        spec = importlib.util.spec_from_file_location("reference_make_checkpoint", golden_path("make_checkpoint.py"))
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
@@ -142,7 +188,7 @@ def reference_make_checkpoint():
 def upstream_nano_file(tmp_path_factory):
     """A full upstream-format nano checkpoint ({'model', 'args': Namespace}), seed-0 weights (written once)."""
     path = tmp_path_factory.mktemp("upstream") / "rf-detr-nano-seed0.pth"
-    reference_make_checkpoint().write_checkpoint("nano", 0, path, ref_dir=reference_path("keys_nano.txt").parent)
+    reference_make_checkpoint().write_checkpoint("nano", 0, path, ref_dir=GOLDEN_DIR)
     return path
 
 

@@ -71,6 +71,7 @@ def test_predict_stripped_says_what_to_pass(kind_file):
         RFDETRNano(pretrain_weights=kind_file("stripped"), device="cpu")
 
 
+@pytest.mark.slow  # a training run from each kind of checkpoint
 @pytest.mark.parametrize("kind", KINDS)
 def test_train(kind, kind_file, data, tmp_path, photo):
     wrapper = RFDETRNano(pretrain_weights=kind_file(kind), device="cpu",

@@ -78,6 +78,7 @@ def test_predict_names_a_missing_source(tmp_path, capsys):
     assert "nowhere: no such image" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two training runs through the CLI
 def test_train_detector_is_the_stage1_script(small_set, tmp_path):
     flags = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(small_set), "--epochs", "1",
              "--batch", "2", "--accum", "1", "--resolution", "128", "--num_queries", "20", "--group_detr", "1",

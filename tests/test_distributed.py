@@ -12,7 +12,8 @@ import torch
 
 from rfdetr.datasets import build_dataset, collate_fn, make_synthetic_coco
 
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+# Both tests start processes: torchrun training ranks, spawned data-loader workers.
+pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +23,6 @@ def dataset(tmp_path_factory):
                                image_size=(96, 96))
 
 
-@pytest.mark.slow  # two training processes started by torchrun
 def test_torchrun_two_processes_train_in_sync(dataset, tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",

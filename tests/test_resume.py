@@ -74,6 +74,7 @@ def whole_and_resumed(script, common: list[str], tmp_path: Path, monkeypatch, ca
     return whole, stopped, capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains stage 1 twice (whole and resumed)
 def test_stage1_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, capsys):
     common = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data), *TINY, *TINY_MODEL]
     whole, stopped, out = whole_and_resumed(train_detector_stage1, common, tmp_path, monkeypatch, capsys)
@@ -85,6 +86,7 @@ def test_stage1_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, c
     assert final["run"]["model"]["size"] == "nano" and final["run"]["train"]["epochs"] == 4
 
 
+@pytest.mark.slow  # trains stage 1, then stage 2 twice
 def test_stage2_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, capsys):
     detector = tmp_path / "detector"
     assert train_detector_stage1.main(["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(data),

@@ -54,6 +54,7 @@ def detector_part(state: dict) -> dict:
     return {key[len("detr."):]: value for key, value in state.items() if key.startswith("detr.")}
 
 
+@pytest.mark.slow  # stage1_run, then a stage-2 run
 def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = train_seg_stage2.main(["--stage1_run", str(stage1_run), "--dataset_dir", str(data), *TINY_RUN,
@@ -115,6 +116,7 @@ def without_some_masks(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow  # stage1_run, then a stage-2 run
 def test_stage2_with_box_only_instances_trains_and_evaluates_masks(stage1_run, data, tmp_path, capsys):
     partly = without_some_masks(data, tmp_path / "partly")
     run = tmp_path / "run"
@@ -126,6 +128,7 @@ def test_stage2_with_box_only_instances_trains_and_evaluates_masks(stage1_run, d
     assert 0.0 <= record["valid_segm_AP"] <= 1.0 and 0.0 <= record["valid_bbox_AP"] <= 1.0
 
 
+@pytest.mark.slow  # stage1_run: a training run
 def test_stage2_refuses_a_detector_with_other_classes(stage1_run, tmp_path, capsys):
     other = make_synthetic_coco(tmp_path / "other", seed=4, num_train=2, num_valid=1, num_test=0,
                                 image_size=(64, 64), classes=("hexagon", "star"))
@@ -137,6 +140,7 @@ def test_stage2_refuses_a_detector_with_other_classes(stage1_run, tmp_path, caps
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # stage1_run: a training run
 def test_stage2_needs_masks_in_the_dataset(stage1_run, data, tmp_path, capsys):
     boxes_only = make_synthetic_coco(tmp_path / "boxes", seed=3, num_train=2, num_valid=1, num_test=0,
                                      image_size=(64, 64))
@@ -164,6 +168,7 @@ def test_stage2_names_the_missing_detector(data, tmp_path, capsys):
     assert "do not apply to stage 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # stage1_run: a training run
 def test_stage2_needs_the_size_of_a_bare_state_dict(stage1_run, data, tmp_path, capsys):
     bare = tmp_path / "weights.pth"
     torch.save(read_checkpoint(stage1_run / "checkpoint_best_total.pth")["model"], bare)
@@ -196,6 +201,7 @@ def test_single_stage_detector_starts_from_the_checkpoint(upstream_nano_file, da
             assert torch.equal(value, state[key][: value.shape[0]]), key
 
 
+@pytest.mark.slow  # stage1_run: a training run
 def test_single_stage_from_a_stage1_detector_keeps_its_class_heads(stage1_run, data, tmp_path):
     config = TrainConfig(dataset_dir=str(data), output_dir=str(tmp_path / "run"), device="cpu", num_workers=0)
     trainer = start_run("joint", "nano", config, weights=stage1_run / "checkpoint_best_total.pth")
@@ -205,6 +211,7 @@ def test_single_stage_from_a_stage1_detector_keeps_its_class_heads(stage1_run, d
     assert all(torch.equal(detector[key], stage1[key]) for key in stage1)
 
 
+@pytest.mark.slow  # a single-stage training run
 def test_single_stage_script_trains_detector_and_mask_head(upstream_nano_file, data, tmp_path, capsys):
     run = tmp_path / "single"
     # All 13 query groups (see FEWER_GROUPS_UNSUPPORTED), so one image per step to stay quick.

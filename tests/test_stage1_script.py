@@ -28,6 +28,7 @@ def test_flags_map_onto_train_config_fields_only_when_given():
         stage1_parser().parse_args(["--multi_scale", "maybe"])
 
 
+@pytest.mark.slow  # training runs of the stage-1 script
 def test_script_trains_into_the_next_free_run_folder(tmp_path, monkeypatch, capsys, caplog):
     data = make_synthetic_coco(tmp_path / "dataset", seed=1, num_train=4, num_valid=2, num_test=0,
                                image_size=(96, 96))

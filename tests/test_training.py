@@ -104,6 +104,7 @@ def finished_run(tiny_dataset, tmp_path_factory):
     return output, result
 
 
+@pytest.mark.slow  # finished_run: a training run
 def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_dataset):
     output, result = finished_run
     for name in ("checkpoint.pth", "checkpoint_best_regular.pth", "checkpoint_best_ema.pth",
@@ -127,6 +128,7 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     assert results["epoch"] == result.best_epoch and "class_map" in results
 
 
+@pytest.mark.slow  # finished_run: a training run
 def test_run_folder_has_pictures_to_look_at(finished_run, tiny_dataset):
     from PIL import Image
 
@@ -141,6 +143,7 @@ def test_run_folder_has_pictures_to_look_at(finished_run, tiny_dataset):
     assert not list(output.glob(".*.tmp*"))
 
 
+@pytest.mark.slow  # finished_run: a training run
 def test_best_total_loads_into_the_wrapper_with_the_dataset_classes(finished_run, tiny_dataset):
     from rfdetr import RFDETRNano
 
@@ -152,6 +155,7 @@ def test_best_total_loads_into_the_wrapper_with_the_dataset_classes(finished_run
     assert len(detections) > 0 and set(detections.class_id) <= set(model.class_names)
 
 
+@pytest.mark.slow  # an interrupted and a resumed training run
 def test_resume_continues_exactly(finished_run, tiny_dataset, tmp_path, monkeypatch):
     output, _ = finished_run
     interrupted = tmp_path / "interrupted"
@@ -181,6 +185,7 @@ def test_resume_continues_exactly(finished_run, tiny_dataset, tmp_path, monkeypa
         [json.loads(x)["train_loss"] for x in (output / "log.txt").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a training run
 def test_early_stopping_really_stops(tiny_dataset, tmp_path):
     result = _trainer(tiny_dataset, tmp_path, epochs=6, early_stopping=True, early_stopping_patience=1,
                       early_stopping_min_delta=1.0, use_ema=False, run_test=False).fit()
@@ -199,6 +204,7 @@ def test_nan_loss_stops_before_the_step_and_names_it(tiny_dataset, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # a training run, then a resumed one
 def test_non_finite_predictions_stop_with_the_documented_error(tiny_dataset, tmp_path):
     trainer = _trainer(tiny_dataset, tmp_path, epochs=2)
     trainer.fit()  # one good run: its checkpoint is the one to name
@@ -243,6 +249,7 @@ def test_multi_scale_sides_follow_the_training_resolution(tiny_dataset, tmp_path
     assert upstream._batch_scales() == list(range(64, 353, 32))
 
 
+@pytest.mark.slow  # a training run
 def test_cpu_training_steps_run_in_a_retained_heap(tiny_dataset, tmp_path, monkeypatch):
     import contextlib
 
