@@ -101,6 +101,7 @@ def test_stage2_detector(kind, kind_file, photo):
     assert (table.name_of(label), table.category_id_of(label)) == WITH_DATASET
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["upstream-roboflow", "upstream-1.11"])
 def test_stage2_run_from_an_upstream_fine_tune_keeps_its_classes(kind, kind_file, data, tmp_path, photo):
     # The 1.2 file labels dog with head row 2 (= its category id), the 1.11 file with row 1 (its class_names

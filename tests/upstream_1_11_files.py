@@ -1,6 +1,6 @@
 """Files in the layout upstream ``rfdetr`` 1.11.2 writes, made from this project's filled weights.
 
-``golden_upstream/layout_1_11.json`` records what 1.11.2's own ``train()`` wrote (one CPU epoch on a
+``golden/upstream_1_11/layout_1_11.json`` records what 1.11.2's own ``train()`` wrote (one CPU epoch on a
 Roboflow-style set: parent ``shapes`` id 0, then circle/square/triangle): the entries of each file,
 its ``args`` (paths replaced), ``model_config``, ``model_name`` and versions. :func:`write_file` writes the
 same entries around deterministic weights: the regular weights are filled with seed 0, the EMA
@@ -25,7 +25,7 @@ from rfdetr.models import build_detector
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS
 from rfdetr.util.weight_fill import fill_model_
 
-GOLDEN_DIR = Path(__file__).parent / "golden_upstream"
+GOLDEN_DIR = Path(__file__).parent / "golden" / "upstream_1_11"
 CLASS_NAMES = ("circle", "square", "triangle")
 SQUARE_ROW = 1
 SQUARE_BOOST = 4.0

@@ -5,7 +5,7 @@
     .venv/bin/python -c "import sys; sys.path.insert(0, 'tests'); from upstream_1_11_files import KINDS, write_file; \\
         [write_file(s, k, f"/tmp/gen/{s}/{n}") for s in ("nano", "small", "seg-nano") for k, n in KINDS.items()]"
     cd /tmp && /tmp/up11/bin/python -I /path/to/repo/tools/upstream_1_11_goldens.py /tmp/gen \\
-        --out /path/to/repo/tests/golden_upstream/predictions_1_11.pt
+        --out /path/to/repo/tests/golden/upstream_1_11/predictions_1_11.pt
 
 For every ``<size>/<kind>`` file under the folder, upstream's ``RFDETR.from_checkpoint`` loads it and
 ``predict`` runs on scikit-image's astronaut (512 x 512) and coffee (400 x 600) photos at
