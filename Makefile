@@ -12,15 +12,18 @@ export MPLBACKEND := Agg
 # Let Python cache byte-code in the venv (imports of torch are 2x slower without it).
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: venv check test demo bench clean
+.PHONY: venv lint check test demo bench clean
 
 venv:
 	@bash tools/ensure_venv.sh
 
-check: venv
+check: lint
 	$(PYTHON_VENV) -m pytest -q -m "not slow" tests
 
-test: venv
+lint: venv
+	$(PYTHON_VENV) -m ruff check .
+
+test: lint
 	$(PYTHON_VENV) -m pytest -q tests
 
 demo: venv

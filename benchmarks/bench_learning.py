@@ -76,7 +76,8 @@ def train_ours(data: Path, run: Path, args: argparse.Namespace, seed: int, flags
 def train_masks(data: Path, run: Path, masks: Path, args: argparse.Namespace, seed: int) -> float:
     """Stage 2 on the frozen best detector of ``run`` (the project's script, its defaults)."""
     command = [sys.executable, str(ROOT / "train_seg_stage2.py"), "--size", "nano", "--stage1_run", str(run),
-               "--dataset_dir", str(data), "--output_dir", str(masks), "--epochs", str(args.mask_epochs), "--batch", "4", "--accum", "1",
+               "--dataset_dir", str(data), "--output_dir", str(masks), "--epochs", str(args.mask_epochs),
+               "--batch", "4", "--accum", "1",
                "--resolution", str(args.resolution), "--seed", str(seed), "--device", "cpu", "--early_stopping", "0",
                "--run_test", "0", "--tensorboard", "0", *args.mask_flags.split()]
     return _timed(command, cwd=ROOT)

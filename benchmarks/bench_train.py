@@ -60,8 +60,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import psutil
@@ -557,7 +557,8 @@ def mask_notes(results: list[dict]) -> list[str]:
         if r.get("extrapolated"):
             points = "; ".join(f"{p['query_slots']} slots/image = {p['mask_pairs_per_step']:.0f} pairs: "
                                f"{p['median_s']:.2f} s/step, {p['peak_rss_mb']:.0f} MB" for p in r["points"])
-            notes.append(f"{r['name']} is EXTRAPOLATED, not measured: the full run was stopped ({r['attempt']['reason']}, "
+            notes.append(f"{r['name']} is EXTRAPOLATED, not measured: the full run was stopped "
+                         f"({r['attempt']['reason']}, "
                          f"RSS {r['attempt']['peak_rss_mb']:.0f} MB after {r['attempt']['elapsed_s']:.0f} s); "
                          f"median s/step and peak RSS are the line through [{points}] at "
                          f"{r['mask_pairs_per_step']:.0f} pairs."

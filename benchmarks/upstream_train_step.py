@@ -25,12 +25,13 @@ import torch
 
 
 def main(batch_file: str, settings_json: str) -> None:
-    from rfdetr import RFDETRNano
-    from rfdetr.config import TrainConfig
     from rfdetr.main import populate_args
-    from rfdetr.models import build_criterion_and_postprocessors
     from rfdetr.util.get_param_dicts import get_param_dict
     from rfdetr.util.misc import NestedTensor
+
+    from rfdetr import RFDETRNano
+    from rfdetr.config import TrainConfig
+    from rfdetr.models import build_criterion_and_postprocessors
 
     settings = json.loads(settings_json)
     torch.set_num_threads(settings["threads"])

@@ -27,8 +27,13 @@ from torch import nn
 
 from rfdetr.classes import COCO_CATEGORIES, COCO_NUM_ROWS, ClassTable, upstream_class_table
 from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig
-from rfdetr.upstream import (UpstreamFileError, drop_weightless_buffers, plain_checkpoint, upstream_geometry,
-                             upstream_version)
+from rfdetr.upstream import (
+    UpstreamFileError,
+    drop_weightless_buffers,
+    plain_checkpoint,
+    upstream_geometry,
+    upstream_version,
+)
 
 logger = logging.getLogger(__name__)
 

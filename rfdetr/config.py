@@ -349,7 +349,8 @@ class RunConfig(BaseModel):
     @model_validator(mode="after")
     def _stage_and_mask_agree(self) -> "RunConfig":
         if (self.stage == "detector") != (self.mask is None):
-            raise ValueError(f"stage {self.stage!r} {'takes no' if self.stage == 'detector' else 'needs a'} mask config")
+            needs = "takes no" if self.stage == "detector" else "needs a"
+            raise ValueError(f"stage {self.stage!r} {needs} mask config")
         if self.mask is not None and self.mask.frozen_detector != (self.stage == "masks"):
             raise ValueError(f"stage {self.stage!r} does not match frozen_detector={self.mask.frozen_detector}")
         return self

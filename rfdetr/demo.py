@@ -71,8 +71,8 @@ def annotate(photo: np.ndarray, detections, path: Path) -> None:
 def wrapper_pipeline(output_dir: Path, photo: np.ndarray) -> None:
     from rfdetr import RFDETRNano
     from rfdetr.checkpoint import make_checkpoint
-    from rfdetr.durable import save_checkpoint
     from rfdetr.classes import ClassTable
+    from rfdetr.durable import save_checkpoint
     from rfdetr.export import ONNXDetector
 
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,21 @@
 The wrappers live in :mod:`rfdetr.api`; this module only names them again.
 """
 
-from rfdetr.api import (RFDETR, RFDETRBase, RFDETRLarge, RFDETRMedium, RFDETRNano, RFDETRSeg2XLarge, RFDETRSegLarge,
-                        RFDETRSegMedium, RFDETRSegNano, RFDETRSegPreview, RFDETRSegSmall, RFDETRSegXLarge, RFDETRSmall)
+from rfdetr.api import (
+                        RFDETR,
+                        RFDETRBase,
+                        RFDETRLarge,
+                        RFDETRMedium,
+                        RFDETRNano,
+                        RFDETRSeg2XLarge,
+                        RFDETRSegLarge,
+                        RFDETRSegMedium,
+                        RFDETRSegNano,
+                        RFDETRSegPreview,
+                        RFDETRSegSmall,
+                        RFDETRSegXLarge,
+                        RFDETRSmall,
+)
 
 __all__ = ["RFDETR", "RFDETRNano", "RFDETRSmall", "RFDETRMedium", "RFDETRBase", "RFDETRLarge", "RFDETRSegPreview",
            "RFDETRSegNano", "RFDETRSegSmall", "RFDETRSegMedium", "RFDETRSegLarge", "RFDETRSegXLarge",

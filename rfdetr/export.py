@@ -211,7 +211,8 @@ class ONNXDetector:
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
             for store, value in zip(collected, self.session.run(names, {"images": chunk})):
                 store.append(value)
-        outputs = {name: torch.from_numpy(np.concatenate(values))[:len(batch)] for name, values in zip(names, collected)}
+        outputs = {name: torch.from_numpy(np.concatenate(values))[:len(batch)]
+                   for name, values in zip(names, collected)}
         detector_outputs = {"pred_boxes": outputs["boxes"], "pred_logits": outputs["logits"]}
         results = self.postprocess(detector_outputs, sizes, class_rows=self.classes.class_rows)
         if "masks" in outputs:

@@ -26,12 +26,27 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, DETECTOR_PREFIX, CheckpointError, checkpoint_class_table,
-                               checkpoint_size, detector_state, load_state_dict, read_checkpoint,
-                               stored_upstream_geometry)
+from rfdetr.checkpoint import (
+    CLASS_HEAD_PATTERNS,
+    DETECTOR_PREFIX,
+    CheckpointError,
+    checkpoint_class_table,
+    checkpoint_size,
+    detector_state,
+    load_state_dict,
+    read_checkpoint,
+    stored_upstream_geometry,
+)
 from rfdetr.classes import ClassTable
-from rfdetr.config import (RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, mask_config, model_config,
-                           wrapper_name)
+from rfdetr.config import (
+    RETIRED_MODEL_FIELDS,
+    SIZE_PRESETS,
+    MaskConfig,
+    ModelConfig,
+    mask_config,
+    model_config,
+    wrapper_name,
+)
 from rfdetr.models import DETRsegm, build_detector
 from rfdetr.surgery import fit_class_heads
 from rfdetr.upstream import PredictStyle, predict_style

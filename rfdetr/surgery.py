@@ -17,8 +17,13 @@ from typing import Mapping, Sequence
 
 import torch
 
-from rfdetr.checkpoint import (CheckpointError, checkpoint_class_table, class_head_rows, detector_state,
-                               is_class_head_key)
+from rfdetr.checkpoint import (
+    CheckpointError,
+    checkpoint_class_table,
+    class_head_rows,
+    detector_state,
+    is_class_head_key,
+)
 from rfdetr.classes import ClassTable, match_rows
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS
 

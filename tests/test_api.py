@@ -8,8 +8,8 @@ import pytest
 import skimage.data
 import supervision as sv
 import torch
-
 from conftest import golden
+
 from rfdetr import RFDETRNano, RFDETRSmall
 from rfdetr.checkpoint import CheckpointError, read_checkpoint
 from rfdetr.classes import ClassTable

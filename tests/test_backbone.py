@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import golden
+
 from rfdetr.config import EncoderSpec, model_config
 from rfdetr.models.backbone import build_backbone
 from rfdetr.models.backbone.dinov2 import DinoV2Backbone, Embeddings

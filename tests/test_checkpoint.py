@@ -6,10 +6,17 @@ import errno
 
 import pytest
 import torch
-
 from conftest import golden
-from rfdetr.checkpoint import (CLASS_HEAD_PATTERNS, CheckpointError, checkpoint_class_table, checkpoint_size,
-                               load_state_dict, make_checkpoint, read_checkpoint)
+
+from rfdetr.checkpoint import (
+    CLASS_HEAD_PATTERNS,
+    CheckpointError,
+    checkpoint_class_table,
+    checkpoint_size,
+    load_state_dict,
+    make_checkpoint,
+    read_checkpoint,
+)
 from rfdetr.classes import ClassTable
 from rfdetr.config import model_config
 from rfdetr.durable import save_checkpoint

@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from rfdetr.coco_masks import (MALFORMED_POLYGONS, MALFORMED_RLE, NO_IMAGE_SIZE, NO_PIXELS, NO_SEGMENTATION,
-                               RLE_SIZE_MISMATCH, box_rle, compressed_counts, count_masks, decode_rle, mask_rle)
+from rfdetr.coco_masks import (
+    MALFORMED_POLYGONS,
+    MALFORMED_RLE,
+    NO_IMAGE_SIZE,
+    NO_PIXELS,
+    NO_SEGMENTATION,
+    RLE_SIZE_MISMATCH,
+    box_rle,
+    compressed_counts,
+    count_masks,
+    decode_rle,
+    mask_rle,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 HEIGHT, WIDTH = 30, 40

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pydantic
 import pytest
-
 from conftest import reference_configs
+
 from rfdetr.config import SIZES, model_config
 
 GEOMETRY_FIELDS = [

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import golden
+
 from rfdetr.config import TrainConfig, model_config
 from rfdetr.models.criterion import build_criterion, loss_weights, normalising_num_boxes
 from rfdetr.models.matcher import HungarianMatcher

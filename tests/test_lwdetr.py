@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import golden, reference_configs, reference_keys
+
 from rfdetr.config import SIZES, model_config
 from rfdetr.util.weight_fill import state_dict_digest
 

@@ -11,6 +11,7 @@ import functools
 
 import pytest
 import torch
+from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
 from rfdetr.config import TrainConfig, model_config
 from rfdetr.datasets.collate import resize_batch
@@ -18,8 +19,6 @@ from rfdetr.models.criterion import build_criterion
 from rfdetr.models.mask_geometry import canvas_grid, sample_logits, valid_fractions
 from rfdetr.models.mask_losses import MaskLoss, add_mask_losses
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
-
-from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
 
 def rect_render(rects: dict[tuple[int, int], tuple[float, float, float, float]], logit: float = 20.0) -> Render:
@@ -248,6 +247,7 @@ def _nano():
 @pytest.mark.parametrize("options", [pytest.param({}, id="dense"), pytest.param({"num_points": 64}, id="points")])
 def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
     import copy
+
     from rfdetr.models.segmentation import DETRsegm
     model = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").train()
     sizes = [(96, 128), (128, 64)]
@@ -269,6 +269,7 @@ def test_each_models_outputs_are_scored_with_the_mask_head_of_the_model_given():
     # The EMA copy's validation losses must come from the EMA's mask head, not the trained one's: the
     # criterion computes masks with the model it is given (the training loop gives the one that ran).
     import copy
+
     from rfdetr.models.segmentation import DETRsegm
     from rfdetr.training.ema import ModelEMA
     live = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").eval()
@@ -300,6 +301,7 @@ def test_evaluation_scores_and_post_processes_each_model_with_its_own_mask_head(
     # the trainer binds post-processing to that model too.
     import copy
     import functools
+
     from rfdetr.models.mask_postprocess import PostProcessMasks
     from rfdetr.models.segmentation import DETRsegm
     from rfdetr.training.ema import ModelEMA

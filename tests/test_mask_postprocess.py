@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
 from rfdetr.models.mask_postprocess import PostProcessMasks, paste_masks, top_queries
 from rfdetr.models.postprocess import PostProcess
 from rfdetr.util.nested_tensor import nested_tensor_from_images
-
-from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
 SIZES = [(64, 64), (32, 48)]  # transformed sizes; the batch canvas is 64 x 64, its mask grid 16 x 16
 ORIGINAL_SIZES = torch.tensor([[100, 100], [60, 90]])

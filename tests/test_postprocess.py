@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import golden
+
 from rfdetr.config import SIZES
 from rfdetr.models import PostProcess
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh

@@ -15,9 +15,15 @@ from rfdetr.models import build_detector
 from rfdetr.models.linear import Linear
 from rfdetr.training.trainer import Trainer
 from rfdetr.util import precision
+from rfdetr.util.precision import (
+    PrecisionUnavailable,
+    autocast_dtype,
+    autocast_for,
+    cpu_flags,
+    cpu_has_bf16,
+    cpu_vendor,
+)
 from rfdetr.util.weight_fill import fill_model_
-from rfdetr.util.precision import (PrecisionUnavailable, autocast_dtype, autocast_for, cpu_flags, cpu_has_bf16,
-                                    cpu_vendor)
 
 CPU = torch.device("cpu")
 ZEN4_FLAGS = "fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-
 from conftest import golden
+
 from rfdetr.config import SIZES
 from rfdetr.preprocess import normalize, preprocess, resize, resize_normalize, to_float_chw
 

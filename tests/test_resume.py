@@ -1,8 +1,8 @@
 """``--resume RUN_DIR`` alone continues a run exactly: stage 1 and stage 2, interrupted after an epoch.
 
 The interruption is a KeyboardInterrupt (Ctrl-C) raised right after the epoch's ``checkpoint.pth``
-was written; the script exits 130 with the command that continues the run. The resumed run must end with the same epochs,
-the same ``log.txt`` metrics and the same early-stopping epoch as the run that was never stopped.
+was written; the script exits 130 with the command that continues the run. The resumed run must end with the
+same epochs, the same ``log.txt`` metrics and the same early-stopping epoch as the run that was never stopped.
 """
 
 from __future__ import annotations

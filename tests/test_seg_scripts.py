@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tensorboard_tags
 
 import train_detector_stage1
 import train_seg_single_stage
 import train_seg_stage2
-from conftest import tensorboard_tags
 from rfdetr.checkpoint import is_class_head_key, read_checkpoint
 from rfdetr.config import TrainConfig
 from rfdetr.datasets import make_synthetic_coco

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
-from rfdetr.models.mask_heads import MHAttentionMap, MaskHeadNano, MaskHeadSmallConv, box_coverage
+from rfdetr.models.mask_heads import MaskHeadNano, MaskHeadSmallConv, MHAttentionMap, box_coverage
 from rfdetr.models.segmentation import DETRsegm, MaskContext, build_segmentation_model
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 from rfdetr.util.weight_fill import fill_model_
@@ -257,7 +257,8 @@ def test_a_deepcopy_predicts_with_its_own_head_and_the_context_holds_tensors_onl
                                    model.predict_masks(out["mask_context"], *pairs), atol=0, rtol=0)
         for parameter in twin.mask_head.parameters():
             parameter.add_(0.05)
-        assert not twin.predict_masks(out["mask_context"], *pairs).equal(model.predict_masks(out["mask_context"], *pairs))
+        theirs = model.predict_masks(out["mask_context"], *pairs)
+        assert not twin.predict_masks(out["mask_context"], *pairs).equal(theirs)
     fields = [getattr(out["mask_context"], f.name) for f in dataclasses.fields(MaskContext)]
     flat = [v for field in fields for v in (field if isinstance(field, tuple) else (field,))]
     assert not any(isinstance(value, torch.nn.Module) for value in flat)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import skimage.data
 import torch
+from test_lwdetr import ProposalRecorder
 
 import shrink_head
 import strip_class_heads
 from rfdetr import RFDETRNano
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.inference import prepare_batch
-from test_lwdetr import ProposalRecorder
 
 
 def test_shrink_keeps_the_named_classes_in_every_head(upstream_nano_file, tmp_path, capsys):

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-import torch.nn.functional as F
 
 from rfdetr import RFDETRNano
 from rfdetr.export import ONNXDetector

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tensorboard_tags
+
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
@@ -120,7 +120,8 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     assert lines[0]["train_lr"] == pytest.approx(TrainConfig().lr * (schedule[0] + schedule[1]) / 2, rel=1e-6)
     assert lines[1]["train_lr"] == pytest.approx(TrainConfig().lr * (schedule[2] + schedule[3]) / 2, rel=1e-6)
     resumable = read_checkpoint(output / "checkpoint.pth")
-    assert {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer", "run"} <= set(resumable)
+    expected = {"model", "config", "classes", "epoch", "optimizer", "lr_scheduler", "ema", "trainer", "run"}
+    assert expected <= set(resumable)
     assert resumable["epoch"] == 1 and resumable["classes"] == dataset_classes(tiny_dataset).to_dict()
     total = read_checkpoint(output / "checkpoint_best_total.pth")
     assert "optimizer" not in total and "test_metrics" in total

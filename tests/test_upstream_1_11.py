@@ -7,13 +7,14 @@ holds 1.11.2's own ``predict`` on them (``tools/upstream_1_11_goldens.py``).
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 
 import numpy as np
 import pytest
 import skimage.data
 import torch
+from upstream_1_11_files import CLASS_NAMES, GOLDEN_DIR, KINDS, SQUARE_ROW, write_file
 
 from rfdetr import RFDETR
 from rfdetr.checkpoint import CheckpointError, checkpoint_class_table, is_class_head_key, read_checkpoint
@@ -21,7 +22,6 @@ from rfdetr.classes import ClassTable, upstream_class_table
 from rfdetr.config import SEG_SIZES, model_config
 from rfdetr.loading import load_model
 from rfdetr.models import build_detector
-from upstream_1_11_files import CLASS_NAMES, GOLDEN_DIR, KINDS, SQUARE_ROW, write_file
 
 SQUARE_CATEGORY_ID = 2  # the dataset's id of "square": parent "shapes" 0, circle 1, square 2, triangle 3
 BOX_TOLERANCE_PX = 0.5

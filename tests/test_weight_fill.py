@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import reference_fill_module
+
 from rfdetr.util.weight_fill import filled_state_dict, state_dict_digest
 
 

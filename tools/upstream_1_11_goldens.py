@@ -27,6 +27,7 @@ def predictions(path: Path) -> list[dict]:
     import numpy as np
     import skimage.data
     import torch
+
     from rfdetr.detr import RFDETR
 
     model = RFDETR.from_checkpoint(str(path), device="cpu")
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="folder with <size>/<kind> files written by upstream_1_11_files")
     parser.add_argument("--out", type=Path, required=True, help="where to write the goldens (.pt)")
     args = parser.parse_args(argv)
-    import rfdetr
     import torch
+
+    import rfdetr
 
     if "site-packages" not in rfdetr.__file__:
         print(f"error: {rfdetr.__file__} is not upstream's package: run with python -I outside the repository",

@@ -15,9 +15,23 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rfdetr.cli.common import (MODEL_FLAGS, RunInterrupted, Terminated, add_training_flags, as_invoked, banner,
-                               described, model_overrides, overrides_lines, raise_on_sigterm, refuse_on_resume,
-                               resume_checkpoint, run_training, split_patterns, train_overrides)
+from rfdetr.cli.common import (
+    MODEL_FLAGS,
+    RunInterrupted,
+    Terminated,
+    add_training_flags,
+    as_invoked,
+    banner,
+    described,
+    model_overrides,
+    overrides_lines,
+    raise_on_sigterm,
+    refuse_on_resume,
+    resume_checkpoint,
+    run_training,
+    split_patterns,
+    train_overrides,
+)
 from rfdetr.config import DEFAULT_SCRIPT_SIZE, MASK_HEADS
 
 STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO-format dataset, starting from the COCO checkpoint.

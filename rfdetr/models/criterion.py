@@ -155,7 +155,8 @@ class SetCriterion(nn.Module):
             sets.append(("_enc", outputs["enc_outputs"]))
         return sets
 
-    def forward(self, outputs: dict, targets: Sequence[dict], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, outputs: dict, targets: Sequence[dict],
+                model: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """All loss terms of all output sets, as ``{name + suffix: scalar}``.
 
         outputs: the detector's dict (``pred_logits [B, Q', R]``, ``pred_boxes [B, Q', 4]`` cxcywh,

@@ -156,7 +156,8 @@ class MaskLoss:
         if context is None:
             return {}
         if model is None:
-            raise ValueError("mask losses need the model that made the outputs: criterion(outputs, targets, model=model)")
+            raise ValueError("mask losses need the model that made the outputs: "
+                             "criterion(outputs, targets, model=model)")
         indices = matches_with_masks(targets, indices)
         batch_index, query_index = matched_query_index(indices)
         if batch_index.numel() == 0:

@@ -1,7 +1,8 @@
 """Detections with masks: :class:`PostProcess` plus per-detection masks at the original image size.
 
 Masks are predicted only for the detections that are kept (the top ``max_masks`` by score: in
-evaluation :data:`rfdetr.config.COCO_MAX_DETECTIONS`, all that COCO's ``maxDets`` evaluates), once per distinct (image, query) pair (a query
+evaluation :data:`rfdetr.config.COCO_MAX_DETECTIONS`, all that COCO's ``maxDets`` evaluates), once per distinct
+(image, query) pair (a query
 may be detected under several classes). Each mask is read from the cells of the padded canvas that
 overlap its image, resized bilinearly (as logits) to the original size and thresholded; the
 mapping is the one the loss uses (:func:`rfdetr.models.mask_geometry.canvas_grid`).

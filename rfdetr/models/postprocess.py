@@ -47,4 +47,4 @@ class PostProcess(nn.Module):
         xyxy = xyxy * scale[:, None, :]
         if self.clamp_boxes:
             xyxy = torch.minimum(xyxy.clamp_min(0.0), scale[:, None, :].to(xyxy.dtype))
-        return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, xyxy)]
+        return [{"scores": s, "labels": rows, "boxes": b} for s, rows, b in zip(scores, labels, xyxy)]

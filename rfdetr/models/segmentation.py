@@ -27,8 +27,8 @@ from torch import nn
 
 from rfdetr.config import ModelConfig
 from rfdetr.models.lwdetr import LWDETR, build_detector
-from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
 from rfdetr.models.mask_geometry import valid_fractions
+from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
 # Mask logits are predicted on the stride-4 grid of the padded input (384 px -> 96 x 96).

@@ -99,7 +99,8 @@ def train_one_epoch(model: nn.Module, loader, settings: StepSettings, epoch: int
                 losses = settings.criterion(outputs, targets, model=unwrap(model))
                 loss = settings.criterion.weighted_loss(losses)
             if not torch.isfinite(loss):
-                terms = {k: round(float(v.detach()), 4) for k, v in losses.items() if k in settings.criterion.weight_dict}
+                terms = {k: round(float(v.detach()), 4) for k, v in losses.items()
+                         if k in settings.criterion.weight_dict}
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {epoch}, step {step} (terms: {terms}); stopped before the "
                     "optimizer step, so the weights and checkpoints are untouched. Lower --lr, check the data "

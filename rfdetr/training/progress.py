@@ -71,5 +71,6 @@ def epoch_summary(record: dict[str, Any], epochs: int, seconds: float, select_on
         if record.get(f"valid_{kind}_AP") is not None:
             parts.append(f"{kind} AP50 {record[f'valid_{kind}_AP50']:.3f} AP {record[f'valid_{kind}_AP']:.3f}")
         if record.get(f"ema_valid_{kind}_AP") is not None:
-            parts.append(f"EMA {kind} AP50 {record[f'ema_valid_{kind}_AP50']:.3f} AP {record[f'ema_valid_{kind}_AP']:.3f}")
+            parts.append(f"EMA {kind} AP50 {record[f'ema_valid_{kind}_AP50']:.3f} "
+                         f"AP {record[f'ema_valid_{kind}_AP']:.3f}")
     return ", ".join(parts)

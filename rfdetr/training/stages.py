@@ -27,9 +27,8 @@ from rfdetr.coco_masks import count_masks
 from rfdetr.config import RunConfig, StageName, TrainConfig, mask_config
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.loading import load_model
-from rfdetr.models import DETRsegm, build_detector
+from rfdetr.models import DETRsegm, build_criterion, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
-from rfdetr.models import build_criterion
 from rfdetr.training.trainer import Trainer, seed_everything
 
 logger = logging.getLogger(__name__)

@@ -34,12 +34,12 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rfdetr.checkpoint import make_checkpoint, read_checkpoint
-from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, SIZE_PRESETS, RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.coco import resolve_split_dir
 from rfdetr.datasets.transforms import train_scales
+from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.models import PostProcess, build_criterion
 from rfdetr.training import distributed as dist
 from rfdetr.training.early_stopping import EarlyStopping

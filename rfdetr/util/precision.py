@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from rfdetr.config import PRECISIONS
+
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 
 import torch
-
 from fill_weights import fill_state_dict
 
 HERE = Path(__file__).resolve().parent
