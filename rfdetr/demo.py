@@ -28,6 +28,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+from rfdetr.checkpoint import read_checkpoint
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import PostProcess, build_detector
 from rfdetr.preprocess import preprocess
@@ -138,7 +139,7 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
     print(f"training curves, validation predictions and confusion matrices: {', '.join(map(str, pictures))}\n")
     print("| run | split | bbox AP | bbox AP50 | segm AP | segm AP50 |\n|---|---|---|---|---|---|")
     for name, run in (("stage 1 (detector)", detector_run), ("stage 2 (masks)", mask_run)):
-        checkpoint = torch.load(run / "checkpoint_best_total.pth", map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(run / "checkpoint_best_total.pth")
         for split, metrics in (("valid", checkpoint.get("metrics")), ("test", checkpoint.get("test_metrics"))):
             bbox, segm = (metrics or {}).get("bbox") or {}, (metrics or {}).get("segm") or {}
             print(f"| {name} | {split} | {bbox.get('ap', 0):.3f} | {bbox.get('ap50', 0):.3f} | "
