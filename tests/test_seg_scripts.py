@@ -173,7 +173,8 @@ def test_stage2_needs_the_size_of_a_bare_state_dict(stage1_run, data, tmp_path, 
     bare = tmp_path / "weights.pth"
     torch.save(read_checkpoint(stage1_run / "checkpoint_best_total.pth")["model"], bare)
     assert train_seg_stage2.main(["--checkpoint", str(bare), "--dataset_dir", str(data)]) == 2
-    assert "pass --size" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "does not say which model size" in error and "--size nano on the command line" in error
 
 
 def test_stage1_checkpoint_search_order(tmp_path):
