@@ -21,7 +21,7 @@ import pytest
 import skimage.data
 import torch
 
-from rfdetr import RFDETRNano
+from rfdetr import RFDETRNano, RFDETRSegNano
 from rfdetr.export import ONNXDetector
 from rfdetr.models import linear as linear_module
 from rfdetr.models.linear import Linear, _mkl_ops_available
@@ -90,6 +90,10 @@ def small_model(masks: bool, dtype: str = "float32") -> RFDETRNano:
 @pytest.fixture(scope="module")
 def models() -> dict[str, RFDETRNano]:
     built = {"detector": small_model(masks=False), "mask model": small_model(masks=True)}
+    # Upstream 1.11's segmentation model: the masks are an output of its forward.
+    built["1.11 segmentation model"] = RFDETRSegNano(pretrain_weights=None, device="cpu", num_queries=20,
+                                                     num_select=20, resolution=96)
+    fill_model_(built["1.11 segmentation model"].model, seed=0)
     # bf16 inference: the bf16 weight copies and the mask head run under the forward's autocast again.
     # The API refuses bf16 on CPUs without native bf16 (it would be slower, not wrong): there the
     # test claims AVX-512 BF16 and PyTorch emulates the arithmetic, as tests/test_precision.py does.
@@ -102,7 +106,7 @@ def models() -> dict[str, RFDETRNano]:
     return built
 
 
-@pytest.mark.parametrize("name", ["detector", "mask model", "mask model bf16"])
+@pytest.mark.parametrize("name", ["detector", "mask model", "mask model bf16", "1.11 segmentation model"])
 def test_one_pytorch_model_gives_every_thread_its_own_images_result(models, name):
     model = models[name]
     check_every_call(lambda image: model.predict(image, threshold=0.0))
@@ -249,10 +253,10 @@ def module_state(model: torch.nn.Module) -> dict[str, dict[str, int]]:
             for name, module in model.named_modules()}
 
 
-@pytest.mark.parametrize("name", ["detector", "mask model"])
+@pytest.mark.parametrize("name", ["detector", "mask model", "1.11 segmentation model"])
 def test_a_forward_writes_no_attribute_of_any_module(models, name):
-    model = models[name].model
-    images = torch.rand(2, 3, 64, 64)
+    model, side = models[name].model, models[name].config.resolution
+    images = torch.rand(2, 3, side, side)
     before = module_state(model)
     with torch.inference_mode():
         outputs = model(images)
