@@ -106,8 +106,8 @@ def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False, dropped: 
             f"checkpoint {path} holds pickled objects that are not plain data: {', '.join(unsafe)}. They are not "
             "loaded, as unpickling them could run code. If you trust this file, allow exactly these with "
             "torch.serialization.add_safe_globals([...]) before loading it.") from error
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, AttributeError,
-            TypeError) as error:  # what torch.load raises for damaged or foreign files
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, IndexError,
+            KeyError) as error:  # what torch.load raises for damaged or foreign files (a text file: IndexError)
         raise CheckpointError(f"cannot read checkpoint {path}: {error}. Is it a complete .pth file?") from error
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, expected a dict")

@@ -46,6 +46,11 @@ def _random_bytes(source: pathlib.Path, path: pathlib.Path) -> str:
     return "cannot read checkpoint"
 
 
+def _a_text_file(source: pathlib.Path, path: pathlib.Path) -> str:
+    path.write_text("epoch,step,train/loss\n0,5,7.25\n")  # a metrics.csv given by mistake
+    return "cannot read checkpoint"
+
+
 def _a_list(source: pathlib.Path, path: pathlib.Path) -> str:
     torch.save([torch.zeros(3)], path)
     return "holds a list, expected a dict"
@@ -76,7 +81,8 @@ def _two_stage_head_disagrees(source: pathlib.Path, path: pathlib.Path) -> str:
     return f"{key} has 3 rows"
 
 
-BAD_FILES = {"truncated": _truncated, "zero bytes": _zero_bytes, "random bytes": _random_bytes, "a list": _a_list,
+BAD_FILES = {"truncated": _truncated, "zero bytes": _zero_bytes, "random bytes": _random_bytes,
+             "a text file": _a_text_file, "a list": _a_list,
              "plain pickle": _plain_pickle, "runs code": _runs_code, "head rows disagree": _head_rows_disagree,
              "two-stage head disagrees": _two_stage_head_disagrees}
 
