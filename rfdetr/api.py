@@ -23,6 +23,7 @@ from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.dense_mask_postprocess import PostProcessDenseMasks
 from rfdetr.models.mask_postprocess import PostProcessMasks
+from rfdetr.upstream import PredictStyle
 from rfdetr.util.device import resolve_device
 from rfdetr.util.precision import inference_autocast
 
@@ -139,6 +140,9 @@ class RFDETR:
         if best.is_file():
             self.model.load_state_dict(read_checkpoint(best)["model"])
         self.config = trainer.model_config
+        # The weights are this package's now: predict prepares images and boxes its own way.
+        self.style = PredictStyle()
+        self.postprocess.clamp_boxes = self.style.clamp_boxes
         self.model.to(self.device).eval()
         return result
 

@@ -20,6 +20,7 @@ from rfdetr.inference import prepare_batch
 from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS
+from rfdetr.upstream import PredictStyle
 
 # (class name, category id) of the top detection when the file is used on its own.
 ALONE = {"upstream-coco": ("dog", 18), "upstream-roboflow": ("dog", 2), "upstream-nameless": ("class_2", 2),
@@ -87,6 +88,7 @@ def test_train(kind, kind_file, data, tmp_path, photo):
     # A mask model trains its mask head on its frozen detector (stage 2), a detector trains as stage 1.
     run = read_checkpoint(tmp_path / "run" / "checkpoint.pth")["run"]
     assert run["stage"] == ("masks" if kind == "stage2" else "detector")
+    assert wrapper.style == PredictStyle()  # the weights are ours now, whatever release wrote the file
 
 
 @pytest.mark.parametrize("kind", WORKING)
