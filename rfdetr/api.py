@@ -73,6 +73,9 @@ class RFDETR:
         self.masks = loaded.has_masks
         self.style = loaded.style  # how this file's release prepares images and boxes
         self.model.to(self.device).eval()
+        self._build_postprocess()
+
+    def _build_postprocess(self) -> None:
         self.postprocess = PostProcess(self.config.num_select, clamp_boxes=self.style.clamp_boxes)
         if self.config.segmentation_head:
             self.postprocess_masks = PostProcessDenseMasks(self.config.num_select, self.style.clamp_boxes)
@@ -114,7 +117,8 @@ class RFDETR:
         trained head rows (matched by name, in the dataset's label order); the heads are rebuilt
         only when some class has no trained row (a WARNING names them). A detector trains as stage
         1; a model with a mask head trains its mask head on the frozen detector (a stage-2
-        checkpoint) or everything together (a single-stage one). Afterwards the wrapper holds the
+        checkpoint) or everything together (a single-stage one, and a segmentation size's detector with
+        its built-in mask head: ``RFDETRSegNano`` ...). Afterwards the wrapper holds the
         best weights of the run and predicts at the resolution it trained at. Returns the
         :class:`~rfdetr.training.trainer.TrainResult`.
         """
@@ -142,7 +146,7 @@ class RFDETR:
         self.config = trainer.model_config
         # The weights are this package's now: predict prepares images and boxes its own way.
         self.style = PredictStyle()
-        self.postprocess.clamp_boxes = self.style.clamp_boxes
+        self._build_postprocess()
         self.model.to(self.device).eval()
         return result
 

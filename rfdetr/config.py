@@ -307,15 +307,21 @@ class TrainConfig(BaseModel):
 # The size a training script builds when --size is not given (stage 2 takes its detector's).
 DEFAULT_SCRIPT_SIZE = {"detector": "small", "joint": "nano"}
 MASK_HEADS: tuple[str, ...] = ("small", "nano")
-MaskHeadName = Literal["small", "nano"]
+# "built-in": the mask head inside the detector of a segmentation size (upstream 1.11's, rfdetr.models.seg_head)
+BUILT_IN_MASK_HEAD = "built-in"
+MaskHeadName = Literal["small", "nano", "built-in"]
+# Loss weights of the built-in head (upstream 1.11's mask_ce_loss_coef and mask_dice_loss_coef).
+BUILT_IN_MASK_LOSS_COEFS = {"mask_loss_coef": 5.0, "dice_loss_coef": 5.0}
 StageName = Literal["detector", "masks", "joint"]
 
 
 class MaskConfig(BaseModel):
     """The mask head of a segmentation model and how it trains.
 
-    ``mask_head``: ``"nano"`` (light, for the nano size) or ``"small"`` (DETR's head);
-    ``frozen_detector``: stage 2 (only the mask head trains) or single stage (everything trains).
+    ``mask_head``: ``"nano"`` (light, for the nano size) or ``"small"`` (DETR's head), both wrapped
+    around the detector (``DETRsegm``), or ``"built-in"``: the detector of a segmentation size has its
+    own (it trains with the detector, single stage); ``frozen_detector``: stage 2 (only the mask head
+    trains) or single stage (everything trains).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -326,9 +332,13 @@ class MaskConfig(BaseModel):
     dice_loss_coef: float = Field(1.0, ge=0)
 
 
-def mask_config(size: str, **overrides) -> MaskConfig:
-    """The :class:`MaskConfig` of ``size``: the nano head for nano, DETR's small head otherwise."""
+def mask_config(size: str, *, built_in: bool = False, **overrides) -> MaskConfig:
+    """The :class:`MaskConfig` of ``size``: the nano head for nano, DETR's small head otherwise; with
+    ``built_in`` (a detector with its own mask head) that head, trained with the detector."""
     given = {k: v for k, v in overrides.items() if v is not None}  # None: "not given"
+    if built_in:
+        return MaskConfig(**{"mask_head": BUILT_IN_MASK_HEAD, "frozen_detector": False, **BUILT_IN_MASK_LOSS_COEFS,
+                             **given})
     return MaskConfig(**{"mask_head": "nano" if size == "nano" else "small", **given})
 
 
@@ -353,4 +363,15 @@ class RunConfig(BaseModel):
             raise ValueError(f"stage {self.stage!r} {needs} mask config")
         if self.mask is not None and self.mask.frozen_detector != (self.stage == "masks"):
             raise ValueError(f"stage {self.stage!r} does not match frozen_detector={self.mask.frozen_detector}")
+        if self.mask is None and self.model.segmentation_head:
+            raise ValueError(f"a {self.model.size} model has a built-in mask head: training it as a detector "
+                             "would leave its masks stale; train it with its masks (stage 'joint')")
+        built_in = self.mask is not None and self.mask.mask_head == BUILT_IN_MASK_HEAD
+        if self.mask is not None and built_in != self.model.segmentation_head:
+            raise ValueError(f"a {self.model.size} model {'has' if self.model.segmentation_head else 'has no'} "
+                             f"built-in mask head; mask_head={self.mask.mask_head!r} does not fit it")
+        if built_in and self.stage != "joint":
+            raise ValueError(f"a {self.model.size} model's built-in mask head trains with its detector: stage "
+                             f"'joint' (train_seg_single_stage.py, or {wrapper_name(self.model.size)}().train()), "
+                             f"not {self.stage!r}")
         return self

@@ -51,7 +51,8 @@ class _ExportForward(nn.Module):
         self.detector = detector
         self.register_buffer("class_rows", torch.tensor(class_rows, dtype=torch.long), persistent=False)
         self.mask_queries = mask_queries
-        self.masks = hasattr(detector, "predict_masks")
+        self.built_in_masks = getattr(detector, "segmentation_head", None) is not None
+        self.masks = hasattr(detector, "predict_masks") or self.built_in_masks
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.detector(images)
@@ -62,6 +63,10 @@ class _ExportForward(nn.Module):
         k = min(self.mask_queries, queries)
         best = logits.index_select(-1, self.class_rows).amax(-1)  # sigmoid is monotonic
         top = best.topk(k, dim=1).indices
+        if self.built_in_masks:  # every query's mask is in the outputs: keep the top k
+            dense = outputs["pred_masks"]
+            masks = dense.gather(1, top[:, :, None, None].expand(-1, -1, *dense.shape[-2:]))
+            return boxes, logits, masks, top
         image_index = torch.arange(batch, device=images.device)[:, None].expand(batch, k).reshape(-1)
         masks = self.detector.predict_masks(outputs["mask_context"], image_index, top.reshape(-1))
         return boxes, logits, masks.view(batch, k, *masks.shape[-2:]), top
@@ -75,10 +80,6 @@ def export_onnx(detector: nn.Module, config: ModelConfig, classes: ClassTable, o
     ``quantize="int8"`` also writes ``inference_model_int8.onnx`` (see :func:`quantize_int8`) and
     returns that path. ``style``: how the file's release predicts (stored, so ONNX Runtime predicts alike)."""
     import onnx
-
-    if config.segmentation_head:
-        raise ValueError(f"exporting a {config.size} model (upstream 1.11's built-in mask head) to ONNX is not "
-                         "supported: predict with the .pth file, or export it with upstream rfdetr")
 
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or None, got {quantize!r}")
@@ -140,7 +141,8 @@ def quantize_int8(source: Path, output: Path) -> Path:
 
 
 def verify_onnx(path: Path, wrapper: nn.Module, side: int, batch_size: int = 1) -> float:
-    """Max |logit difference| between ONNX Runtime and PyTorch on a real photo; raises above 1e-4."""
+    """Max |logit difference| between ONNX Runtime and PyTorch on a real photo (mask logits relative to
+    their largest magnitude); raises above 1e-4."""
     import skimage.data
 
     from rfdetr.preprocess import preprocess
@@ -154,9 +156,13 @@ def verify_onnx(path: Path, wrapper: nn.Module, side: int, batch_size: int = 1) 
     if len(outputs) == 4:  # masks: compare the logits of the same queries
         if not np.array_equal(outputs[3], reference[3].numpy()):
             raise RuntimeError(f"exported model {path} selects other mask queries than PyTorch")
+        # Mask logits are dot products of 256 terms and reach |100| and more: their rounding error scales
+        # with that size, so they are compared relative to their largest magnitude.
+        scale = max(1.0, float(np.abs(reference[2].numpy()).max()))
         mask_difference = float(np.abs(outputs[2] - reference[2].numpy()).max())
-        logger.info("ONNX Runtime vs PyTorch: max |mask logit difference| %.2e", mask_difference)
-        difference = max(difference, mask_difference)
+        logger.info("ONNX Runtime vs PyTorch: max |mask logit difference| %.2e (largest |mask logit| %.1f)",
+                    mask_difference, scale)
+        difference = max(difference, mask_difference / scale)
     if difference > VERIFY_LOGITS_ATOL:
         raise RuntimeError(f"exported model {path} disagrees with PyTorch: max |logit difference| {difference:.2e}")
     return difference

@@ -39,6 +39,7 @@ from rfdetr.checkpoint import (
 )
 from rfdetr.classes import ClassTable
 from rfdetr.config import (
+    BUILT_IN_MASK_HEAD,
     RETIRED_MODEL_FIELDS,
     SIZE_PRESETS,
     MaskConfig,
@@ -102,13 +103,14 @@ def stored_mask_config(checkpoint: Mapping | None, size: str | None = None) -> M
 def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, num_classes: int | None = None,
                class_names: Sequence[str] | ClassTable | None = None, exclude: Sequence[str] = (),
                masks: bool | None = None, mask_head: str | None = None, require_trained_heads: bool = False,
-               config_overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+               keep_built_in_head: bool = False, config_overrides: Mapping[str, Any] | None = None) -> LoadedModel:
     """Build the model of ``size`` from ``pretrain_weights`` (see the module docstring for the classes).
 
     size: ``None`` takes the size the checkpoint records (an error when it records none);
     exclude: fnmatch patterns of checkpoint keys not to load; masks: wrap the detector with a mask
-    head (``None``: when the checkpoint has one); mask_head: its kind (default: the checkpoint's,
-    else the size's); config_overrides: :class:`ModelConfig` fields that win over the stored ones.
+    head (``None``: when the checkpoint has one; ``False`` also drops a segmentation size's built-in head,
+    unless ``keep_built_in_head``); mask_head: its kind (default: the checkpoint's, else the size's);
+    config_overrides: :class:`ModelConfig` fields that win over the stored ones.
     """
     origin = os.fspath(pretrain_weights) if pretrain_weights is not None else "no checkpoint"
     if size is None and pretrain_weights is None:
@@ -134,7 +136,8 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
     upstream = stored_upstream_geometry(checkpoint, origin) if checkpoint is not None else None
     saved = {k: v for k, v in ((checkpoint or {}).get("config") or (upstream or (None, {}))[1]).items()
              if k not in _DECIDED_HERE and k not in RETIRED_MODEL_FIELDS}
-    if masks is False and (saved.get("segmentation_head") or SIZE_PRESETS[size].get("segmentation_head")):
+    built_in = saved.get("segmentation_head", SIZE_PRESETS[size].get("segmentation_head"))
+    if masks is False and not keep_built_in_head and built_in:
         logger.warning("%s has upstream's built-in mask head; masks=False drops it (the model is its detector)", origin)
         saved["segmentation_head"] = False
         exclude = [*exclude, "segmentation_head.*"]
@@ -158,10 +161,10 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
     mask = stored_mask_config(checkpoint, size)
     wrap = mask is not None if masks is None else masks
     if config.segmentation_head:  # the masks come from the detector itself
-        if mask_head is not None or mask is not None:
+        if mask_head not in (None, BUILT_IN_MASK_HEAD) or (mask is not None and mask.mask_head != BUILT_IN_MASK_HEAD):
             raise CheckpointError(f"{origin}: a {size} model has upstream's built-in mask head; it takes no "
                                   "DETRsegm mask head (leave mask_head unset)")
-        return LoadedModel(detector, config, classes, None, checkpoint, style)
+        return LoadedModel(detector, config, classes, mask or mask_config(size, built_in=True), checkpoint, style)
     if not wrap:
         if mask is not None:
             logger.warning("%s has a %s mask head; masks=False drops it: the model is its detector alone, and "

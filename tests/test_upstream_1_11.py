@@ -201,14 +201,3 @@ def test_files_of_models_this_package_does_not_build_are_refused_by_name(upstrea
         with pytest.raises(CheckpointError, match=message) as error:
             RFDETR(pretrain_weights=path, device="cpu")
         assert str(path) in str(error.value)
-
-
-def test_what_is_not_built_for_seg_models_is_a_clear_error(upstream_file, tmp_path):
-    from rfdetr.cli.main import main
-
-    path = upstream_file("seg-nano", "ema")
-    assert main(["export", str(path), "--out", str(tmp_path / "export")]) == 2
-    model = RFDETR(pretrain_weights=path, device="cpu")
-    with pytest.raises(ValueError, match="seg-nano model .*not supported"):
-        model.export(tmp_path / "export")
-    assert not (tmp_path / "export" / "inference_model.onnx").exists()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rfdetr.config import DEFAULT_SCRIPT_SIZE, PRECISIONS, SIZES, MaskConfig, ModelConfig, TrainConfig
+from rfdetr.config import DEFAULT_SCRIPT_SIZE, PRECISIONS, SEG_SIZES, SIZES, MaskConfig, ModelConfig, TrainConfig
 
 # flag -> TrainConfig field, for flags whose names differ from the field
 FLAG_TO_FIELD = {"batch": "batch_size", "accum": "grad_accum_steps", "workers": "num_workers",
@@ -66,7 +66,7 @@ def add_bool(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares (help texts show TrainConfig's defaults)."""
-    parser.add_argument("--size", choices=SIZES, default=None,
+    parser.add_argument("--size", choices=SIZES + SEG_SIZES, default=None,
                         help=f"model size (default: {DEFAULT_SCRIPT_SIZE['detector']})")
     parser.add_argument("--dataset_dir", default=None, help=described("COCO folder with train/ valid/ [test/]",
                                                                        "dataset_dir"))

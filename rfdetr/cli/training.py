@@ -69,10 +69,13 @@ SINGLE_STAGE_DOC = """Single stage: train the detector and a mask head together,
     python train_seg_single_stage.py --size nano --epochs 50 --batch 1 --accum 8
     python train_seg_single_stage.py --size nano --init_ckpt runs/detector_nano_384_1/checkpoint_best_total.pth
     python train_seg_single_stage.py --resume runs/seg_single_nano_384_1                 # continue exactly
+    python train_seg_single_stage.py --size seg-nano --init_ckpt upstream_1_11_seg.pth   # built-in mask head
 
 The detector is built for the dataset's classes and loads --pretrain_weights (default: the size's
 COCO checkpoint) strictly, all but the class rows the dataset has no class for; --init_ckpt starts
 from another detector checkpoint instead. Nothing is frozen; the best checkpoint follows segm AP.
+A segmentation size (seg-nano ..., upstream 1.11's models) trains the mask head built into its detector
+(every decoder layer's masks, loss weights 5 and 5 as upstream) instead of adding one.
 The run folder receives single_stage_config.json, the checkpoints (``detr.*`` + mask head
 weights), log.txt, results.json and TensorBoard scalars in tb/.
 """

@@ -77,8 +77,8 @@ class LWDETR(nn.Module):
         - ``pred_boxes [B, Q', 4]`` boxes as normalised cx, cy, w, h of each image's valid area,
         - ``aux_outputs`` (if ``aux_loss``): one ``{pred_logits, pred_boxes}`` per earlier decoder layer,
         - ``enc_outputs``: ``{pred_logits, pred_boxes}`` of the selected two-stage proposals,
-        - with a ``segmentation_head``: ``pred_masks [B, Q', H / r, W / r]`` mask logits of every query
-          (and of every earlier layer in ``aux_outputs`` while training).
+        - with a ``segmentation_head``: ``pred_masks [B, Q, H / r, W / r]`` mask logits of every query at
+          eval; in training the embeddings they are made of, for every decoder layer (:meth:`_add_masks`).
         """
         return self.forward_with_features(samples)[0]
 
@@ -98,13 +98,22 @@ class LWDETR(nn.Module):
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         if self.segmentation_head is not None:
-            every_layer = self.training and self.aux_loss
-            mask_logits = self.segmentation_head(levels[0], hs, samples.tensors.shape[-2:], all_layers=every_layer)
-            out["pred_masks"] = mask_logits[-1]
-            for aux, layer_logits in zip(out.get("aux_outputs", []) if every_layer else [], mask_logits[:-1]):
-                aux["pred_masks"] = layer_logits
+            self._add_masks(out, levels[0], hs, samples.tensors.shape[-2:])
         out["enc_outputs"] = {"pred_logits": decoded["enc_logits"], "pred_boxes": decoded["enc_boxes"]}
         return out, DetectorFeatures(levels, masks, hs[-1])
+
+    def _add_masks(self, out: dict, features: torch.Tensor, hs: torch.Tensor, image_size: Sequence[int]) -> None:
+        """The mask outputs of the built-in head: dense ``pred_masks`` at eval; in training, per decoder layer
+        (earlier ones in ``aux_outputs``), the embeddings whose products are the masks (``pred_mask_pixels
+        [B, C, Hm, Wm]``, ``pred_mask_queries [B, Q', C]``, ``pred_mask_bias [1]``), so that the loss computes
+        the matched queries' masks only."""
+        head = self.segmentation_head
+        if not self.training:
+            out["pred_masks"] = head(features, hs, image_size)[-1]
+            return
+        layers = head.layer_embeddings(features, hs, image_size, all_layers=self.aux_loss)
+        for output_set, (pixels, queries) in zip([*out.get("aux_outputs", []), out][-len(layers):], layers):
+            output_set.update(pred_mask_pixels=pixels, pred_mask_queries=queries, pred_mask_bias=head.bias)
 
 
 def build_detector(config: ModelConfig) -> LWDETR:

@@ -1,4 +1,5 @@
-"""Mask losses of DETRsegm: sigmoid BCE (or focal) and Dice on Hungarian-matched queries only.
+"""Mask losses of a ``DETRsegm`` or of a built-in mask head: sigmoid BCE (or focal) and Dice on
+Hungarian-matched queries only.
 
 Geometry: :mod:`rfdetr.models.mask_geometry` (where a mask's image lies on the padded canvas).
 
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from rfdetr.models.criterion import SetCriterion, matched_query_index
 from rfdetr.models.mask_geometry import sample_logits, valid_cells, valid_fractions
 from rfdetr.models.matcher import ImageMatch
+from rfdetr.models.seg_head import matched_mask_logits
 
 MASK_LOSS_KEYS = ("loss_mask", "loss_dice")
 
@@ -118,9 +120,10 @@ def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class MaskLoss:
     """The SetCriterion term ``"masks"``: ``loss_mask`` and ``loss_dice`` of the matched queries.
 
-    Masks come from the outputs' ``mask_context`` through the mask head of the model that ran, which
-    the criterion passes with each call (``model.predict_masks``): the loss holds no model, and the
-    EMA copy's outputs are scored with the EMA's head. num_points: ``None`` compares whole masks
+    A ``DETRsegm``'s masks come from the outputs' ``mask_context`` through the mask head of the model
+    that ran, which the criterion passes with each call (``model.predict_masks``): the loss holds no
+    model, and the EMA copy's outputs are scored with the EMA's head. A built-in head's come with the
+    outputs (:meth:`__call__`). num_points: ``None`` compares whole masks
     on the prediction grid, an int samples that many points per mask (module docstring). focal:
     sigmoid focal loss (``focal_alpha``, ``focal_gamma``) instead of BCE for ``loss_mask``. generator:
     the RNG of the point sampling (on the predictions' device), default the global one.
@@ -144,30 +147,32 @@ class MaskLoss:
 
     def __call__(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
                  num_boxes: float, log: bool = True, model: Any = None) -> dict[str, torch.Tensor]:
-        """``{"loss_mask", "loss_dice"}`` for an output set with ``mask_context``; ``{}`` otherwise.
+        """``{"loss_mask", "loss_dice"}`` for an output set that has masks; ``{}`` otherwise.
 
-        model: the ``DETRsegm`` that made ``outputs`` (its :meth:`predict_masks` computes the masks).
+        The masks of an output set come from one of: ``mask_context`` (a ``DETRsegm``: ``model``, the
+        model that made ``outputs``, computes them with :meth:`predict_masks`), ``pred_masks`` (dense
+        logits of every query) or ``pred_mask_pixels`` / ``pred_mask_queries`` / ``pred_mask_bias`` (the
+        embeddings of a built-in head, :mod:`rfdetr.models.seg_head`).
 
         targets: per image ``masks [T_i, h, w]`` (uint8/bool/float) at the image's unpadded size, and
         optionally ``has_mask [T_i]`` (pairs whose instance has none add no loss) and ``size`` (h, w)
-        (used to refine the valid fractions, :func:`valid_fractions`).
+        (where each image lies on the padded canvas, :mod:`rfdetr.models.mask_geometry`).
         """
-        context = outputs.get("mask_context")
-        if context is None:
+        source = _mask_source(outputs)
+        if source is None:
             return {}
-        if model is None:
+        if source == "mask_context" and model is None:
             raise ValueError("mask losses need the model that made the outputs: "
                              "criterion(outputs, targets, model=model)")
         indices = matches_with_masks(targets, indices)
         batch_index, query_index = matched_query_index(indices)
         if batch_index.numel() == 0:
-            return self._zero_losses(model, context, batch_index.device)
+            return _zero_losses(outputs, source, model, batch_index.device)
         for position, target in enumerate(targets):
             if "masks" not in target:
                 raise KeyError(f"target {position} has no 'masks' (build the dataset with masks=True)")
-        logits = model.predict_masks(context, batch_index, query_index).float()
-        sizes = torch.stack([t["size"] for t in targets]) if all("size" in t for t in targets) else None
-        fractions = valid_fractions(context.image_mask, sizes)
+        logits = _matched_logits(outputs, source, model, batch_index, query_index).float()
+        fractions = _canvas_fractions(outputs, source, targets)
         if self.num_points is None:
             predictions, target_values = self._dense(logits, targets, indices, fractions)
         else:
@@ -180,13 +185,6 @@ class MaskLoss:
         if self.focal:
             return sigmoid_focal_per_mask(logits, targets, self.focal_alpha, self.focal_gamma)
         return sigmoid_ce_per_mask(logits, targets)
-
-    @staticmethod
-    def _zero_losses(model: Any, context: Any, device: torch.device) -> dict[str, torch.Tensor]:
-        """Zero losses that still reach every mask-head parameter (DDP expects a gradient for each)."""
-        first = torch.zeros(1, dtype=torch.long, device=device)
-        zero = model.predict_masks(context, first, first).float().sum() * 0.0
-        return {"loss_mask": zero, "loss_dice": zero.clone()}
 
     @staticmethod
     def _matched_masks(targets: Sequence[dict], indices: Sequence[ImageMatch], device: torch.device):
@@ -217,11 +215,60 @@ class MaskLoss:
         return [predictions], [torch.cat(target_values)]
 
 
+def _mask_source(outputs: dict) -> str | None:
+    """Which of the mask outputs (see :meth:`MaskLoss.__call__`) an output set carries, if any."""
+    for key in ("mask_context", "pred_masks", "pred_mask_queries"):
+        if outputs.get(key) is not None:
+            return key
+    return None
+
+
+def _matched_logits(outputs: dict, source: str, model: Any, batch_index: torch.Tensor,
+                    query_index: torch.Tensor) -> torch.Tensor:
+    """``[N, Hm, Wm]`` canvas logits of the matched queries, in match order."""
+    if source == "mask_context":
+        return model.predict_masks(outputs["mask_context"], batch_index, query_index)
+    if source == "pred_masks":
+        return outputs["pred_masks"][batch_index, query_index]
+    return matched_mask_logits(outputs["pred_mask_pixels"], outputs["pred_mask_queries"], outputs["pred_mask_bias"],
+                               batch_index, query_index)
+
+
+def _zero_losses(outputs: dict, source: str, model: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Zero losses that still reach every mask-head parameter (DDP expects a gradient for each)."""
+    if source == "mask_context":
+        first = torch.zeros(1, dtype=torch.long, device=device)
+        zero = model.predict_masks(outputs["mask_context"], first, first).float().sum() * 0.0
+    elif source == "pred_masks":
+        zero = outputs["pred_masks"].float().sum() * 0.0
+    else:
+        zero = sum(outputs[key].float().sum() for key in ("pred_mask_pixels", "pred_mask_queries", "pred_mask_bias"))
+        zero = zero * 0.0
+    return {"loss_mask": zero, "loss_dice": zero.clone()}
+
+
+def _canvas_fractions(outputs: dict, source: str, targets: Sequence[dict]) -> torch.Tensor:
+    """``[B, 2]`` (h, w) part of the padded canvas each image fills: from the padding mask a ``DETRsegm``
+    keeps, else from the targets' ``size`` (images are padded at the bottom and right to the largest
+    height and width of the batch, and a batch resize scales canvas and images alike)."""
+    sizes = torch.stack([t["size"] for t in targets]) if all("size" in t for t in targets) else None
+    if source == "mask_context":
+        return valid_fractions(outputs["mask_context"].image_mask, sizes)
+    if sizes is None:
+        raise KeyError("mask losses of dense mask outputs need every target's 'size' (the image's unpadded h, w)")
+    sizes = sizes.float()
+    return sizes / sizes.max(0).values
+
+
 def add_mask_losses(criterion: SetCriterion, mask_loss_coef: float, dice_loss_coef: float, *,
-                    num_points: int | None = None, focal: bool = False, **options: Any) -> MaskLoss:
+                    suffixes: Sequence[str] = (), num_points: int | None = None, focal: bool = False,
+                    **options: Any) -> MaskLoss:
     """Register the ``"masks"`` term on ``criterion`` with weights ``{"loss_mask": mask_loss_coef,
-    "loss_dice": dice_loss_coef}`` (no suffixed copies: only the last layer has masks). ``options``
-    go to :class:`MaskLoss`. Returns the term."""
+    "loss_dice": dice_loss_coef}`` for the last decoder layer and for each output set of ``suffixes``
+    (``"_0"``, ...: the earlier layers of a head that masks every layer; a ``DETRsegm`` masks the last
+    layer only). ``options`` go to :class:`MaskLoss`. Returns the term."""
     term = MaskLoss(num_points=num_points, focal=focal, **options)
-    criterion.register_loss("masks", term, {"loss_mask": mask_loss_coef, "loss_dice": dice_loss_coef})
+    weights = {"loss_mask": mask_loss_coef, "loss_dice": dice_loss_coef}
+    criterion.register_loss("masks", term, {key + suffix: value for suffix in ("", *suffixes)
+                                            for key, value in weights.items()})
     return term

@@ -72,21 +72,44 @@ class SegmentationHead(nn.Module):
         features: ``[B, C, h, w]`` first projector level; query_states: one ``[B, Q, C]`` per decoder layer
         (``hs``); image_size: ``(H, W)`` of the (padded) input batch.
         """
+        layers = self.layer_embeddings(features, query_states, image_size, all_layers)
+        return [dense_mask_logits(pixels, queries, self.bias) for pixels, queries in layers]
+
+    def layer_embeddings(self, features: torch.Tensor, query_states: Sequence[torch.Tensor],
+                         image_size: Sequence[int], all_layers: bool = False
+                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per decoder layer (the last one only, unless ``all_layers``): the projected pixel embeddings
+        ``[B, C, H / r, W / r]`` and query embeddings ``[B, Q, C]`` whose dot product (+ ``bias``) is
+        that layer's mask logits. Training reads the logits of the matched queries only
+        (:func:`matched_mask_logits`), which costs a fraction of all ``Q`` dense masks."""
         if len(query_states) != len(self.blocks):
             raise ValueError(f"{len(query_states)} decoder layers for a head of {len(self.blocks)} blocks")
         size = (int(image_size[0]) // self.downsample_ratio, int(image_size[1]) // self.downsample_ratio)
         pixels = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        masks = []
+        layers = []
         for layer, (block, states) in enumerate(zip(self.blocks, query_states)):
             pixels = block(pixels)
             if all_layers or layer == len(self.blocks) - 1:
-                masks.append(self.mask_logits(pixels, states))
-        return masks
+                queries = self.query_features_proj(self.query_features_block(states))
+                layers.append((self.spatial_features_proj(pixels), queries))
+        return layers
 
-    def mask_logits(self, pixels: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``[B, Q, H, W]`` logits of the queries ``states [B, Q, C]`` over the refined ``pixels [B, C, H, W]``."""
-        queries = self.query_features_proj(self.query_features_block(states))
-        projected = self.spatial_features_proj(pixels)
-        batch, _, height, width = projected.shape
-        logits = torch.bmm(queries, projected.flatten(2)).view(batch, queries.shape[1], height, width)
-        return logits + self.bias
+
+def dense_mask_logits(pixels: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``[B, Q, H, W]`` logits of every query: ``<queries [B, Q, C], pixels [B, C, H, W]> + bias``."""
+    batch, _, height, width = pixels.shape
+    logits = torch.bmm(queries, pixels.flatten(2)).view(batch, queries.shape[1], height, width)
+    return logits + bias
+
+
+def matched_mask_logits(pixels: torch.Tensor, queries: torch.Tensor, bias: torch.Tensor,
+                        batch_index: torch.Tensor, query_index: torch.Tensor) -> torch.Tensor:
+    """``[N, H, W]`` logits of the queries ``(batch_index, query_index)`` only (``[N]`` int64 each), in that
+    order; one image at a time, so the peak is one image's matched masks, never ``N x C x H x W``."""
+    height, width = pixels.shape[-2:]
+    logits = pixels.new_empty((len(batch_index), height, width))
+    for image in torch.unique(batch_index).tolist():
+        rows = (batch_index == image).nonzero().squeeze(1)
+        chosen = queries[image].index_select(0, query_index.index_select(0, rows)).to(pixels.dtype)
+        logits[rows] = (chosen @ pixels[image].flatten(1)).view(len(rows), height, width)
+    return logits + bias

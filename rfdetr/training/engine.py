@@ -174,7 +174,7 @@ def evaluate(model: nn.Module, loader, *, criterion: nn.Module, postprocess: Cal
         loss = criterion.weighted_loss(losses)
         meters.add({"loss": float(loss), **{k: float(v) for k, v in losses.items() if k in criterion.weight_dict}})
         outputs = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items()
-                   if k in ("pred_logits", "pred_boxes", "mask_context")}
+                   if k in ("pred_logits", "pred_boxes", "pred_masks", "mask_context")}
         sizes = torch.stack([t["orig_size"] for t in targets])
         results = postprocess(outputs, sizes, class_rows=class_rows)
         evaluator.update([int(t["image_id"]) for t in targets], results)

@@ -24,7 +24,7 @@ from torch import nn
 from rfdetr.checkpoint import read_checkpoint, stored_run_config
 from rfdetr.classes import ClassTable
 from rfdetr.coco_masks import count_masks
-from rfdetr.config import RunConfig, StageName, TrainConfig, mask_config
+from rfdetr.config import BUILT_IN_MASK_HEAD, RunConfig, StageName, TrainConfig, mask_config
 from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
 from rfdetr.loading import load_model
 from rfdetr.models import DETRsegm, build_criterion, build_detector
@@ -57,13 +57,15 @@ def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights
             raise ValueError("stage 2 needs the stage-1 detector: --stage1_run RUN_FOLDER or --checkpoint FILE")
         refuse_detector_options(model_overrides, exclude, weights)
     seed_everything(train.seed)  # new layers (heads, a random-init model) start the same in every run
+    # Single stage keeps a segmentation size's built-in mask head; otherwise the head is a new DETRsegm one.
     loaded = load_model(size, weights, class_names=classes, exclude=exclude, masks=False,
-                        require_trained_heads=stage == "masks", config_overrides=model_overrides)
+                        keep_built_in_head=stage == "joint", require_trained_heads=stage == "masks",
+                        config_overrides=model_overrides)
     if name_run_dir:
         resolution = train.resolution or loaded.config.resolution
         train = train.model_copy(update={"output_dir": default_run_dir(stage, loaded.config.size, resolution)})
-    mask = None if stage == "detector" else mask_config(loaded.config.size, frozen_detector=stage == "masks",
-                                                        **dict(mask_options or {}))
+    mask = None if stage == "detector" else mask_config(loaded.config.size, built_in=loaded.config.segmentation_head,
+                                                        frozen_detector=stage == "masks", **dict(mask_options or {}))
     run = RunConfig(stage=stage, model=loaded.config, train=train, mask=mask)
     model = _with_mask_head(loaded.model, run)  # a new mask head is seeded too (above)
     return build_trainer(run, model, classes)
@@ -97,21 +99,20 @@ def resume_run(checkpoint_path: str | os.PathLike, train_overrides: Mapping[str,
 
 
 def build_trainer(run: RunConfig, model: nn.Module, classes: ClassTable) -> Trainer:
-    """The trainer of ``model`` (a detector, or a ``DETRsegm`` for mask stages) as ``run`` describes."""
-    if run.model.segmentation_head:
-        raise ValueError(f"training a {run.model.size} model (upstream 1.11's built-in mask head) is not supported "
-                         "yet: its mask losses are not built, and training it as a detector would leave its masks "
-                         "stale. Fine-tune it with upstream rfdetr, or train a detector here and a mask head on it "
-                         "(train_detector_stage1.py, then train_seg_stage2.py)")
+    """The trainer of ``model`` (a detector, a ``DETRsegm`` for mask stages, or a detector with a built-in
+    mask head) as ``run`` describes."""
     if run.mask is None:
         return Trainer(model, run, classes)
     criterion = build_criterion(run.model, run.train, frozen_detector=run.mask.frozen_detector)
-    add_mask_losses(criterion, run.mask.mask_loss_coef, run.mask.dice_loss_coef)
+    # A built-in head masks every decoder layer (the earlier ones train through their aux losses too).
+    every_layer = run.mask.mask_head == BUILT_IN_MASK_HEAD and run.model.aux_loss
+    suffixes = [f"_{layer}" for layer in range(run.model.dec_layers - 1)] if every_layer else []
+    add_mask_losses(criterion, run.mask.mask_loss_coef, run.mask.dice_loss_coef, suffixes=suffixes)
     return Trainer(model, run, classes, criterion=criterion)
 
 
 def _with_mask_head(detector: nn.Module, run: RunConfig) -> nn.Module:
-    if run.mask is None:
+    if run.mask is None or run.mask.mask_head == BUILT_IN_MASK_HEAD:
         return detector
     return DETRsegm(detector, freeze_detr=run.mask.frozen_detector, mask_head=run.mask.mask_head)
 
@@ -150,9 +151,10 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     """Frozen and trainable parameter tensors and elements of the detector and of the mask head."""
     counts = {f"{part}_{state}{unit}": 0 for part in ("detector", "mask_head") for state in ("frozen", "trainable")
               for unit in ("", "_tensors")}
+    wrapped = isinstance(model, DETRsegm)
     for name, parameter in model.named_parameters():
-        key = f"{'detector' if name.startswith('detr.') else 'mask_head'}_" \
-              f"{'trainable' if parameter.requires_grad else 'frozen'}"
+        in_head = not name.startswith("detr.") if wrapped else name.startswith("segmentation_head.")
+        key = f"{'mask_head' if in_head else 'detector'}_{'trainable' if parameter.requires_grad else 'frozen'}"
         counts[key] += parameter.numel()
         counts[f"{key}_tensors"] += 1
     return counts

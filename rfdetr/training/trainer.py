@@ -287,6 +287,10 @@ class Trainer:
         """Post-processing of ``model``'s outputs: masks come from ``model``'s own head (regular or EMA)."""
         if not self.masks:
             return self.postprocess
+        if self.model_config.segmentation_head:  # masks of every query come with the outputs
+            from rfdetr.models.dense_mask_postprocess import PostProcessDenseMasks
+
+            return PostProcessDenseMasks(self.model_config.num_select)
         from rfdetr.models.mask_postprocess import PostProcessMasks
 
         return functools.partial(PostProcessMasks(self.model_config.num_select, COCO_MAX_DETECTIONS), model=model)
