@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,8 +19,6 @@ import torch
 
 # Suffix of the temporary files that save_checkpoint renames into place.
 TEMPORARY_SUFFIX = ".tmp"
-# Environment variable of the tests' fault injection (see _pause_if_asked).
-PAUSE_WRITE_ENV = "RFDETR_PAUSE_CHECKPOINT_WRITE"
 
 
 def save_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> Path:
@@ -37,7 +33,6 @@ def save_checkpoint(checkpoint: Mapping, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(handle, "wb") as sink:
             torch.save(dict(checkpoint), sink)
-            _pause_if_asked(checkpoint, path, temporary)
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temporary, path)
@@ -59,18 +54,6 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for temporary in stale:
         temporary.unlink(missing_ok=True)
     return stale
-
-
-def _pause_if_asked(checkpoint: Mapping, path: Path, temporary: str) -> None:
-    """Fault injection for the tests: with ``RFDETR_PAUSE_CHECKPOINT_WRITE=E`` in the environment, the
-    write of epoch E's ``checkpoint.pth`` stops (forever) after the data is in the temporary file and
-    before the rename, after printing one line to stderr; the test then kills the process."""
-    epoch = os.environ.get(PAUSE_WRITE_ENV)
-    if epoch is None or path.name != "checkpoint.pth" or str(checkpoint.get("epoch")) != epoch.strip():
-        return
-    print(f"{PAUSE_WRITE_ENV}: paused writing {path} (data in {temporary})", file=sys.stderr, flush=True)
-    while True:
-        time.sleep(60)
 
 
 def _is_disk_full(error: BaseException | None) -> bool:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from pausing_writer import PAUSED
 
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.datasets import make_synthetic_coco
-from rfdetr.durable import PAUSE_WRITE_ENV, TEMPORARY_SUFFIX
+from rfdetr.durable import TEMPORARY_SUFFIX
 
 pytestmark = pytest.mark.slow  # several short training processes
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,9 +130,9 @@ def test_kill_during_an_epoch_loses_at_most_that_epoch(data, tmp_path, uninterru
 
 def test_kill_while_checkpoint_is_written_keeps_the_previous_one(data, tmp_path, uninterrupted):
     run = tmp_path / "run"
-    watched = Watched([sys.executable, SCRIPT, *TINY, "--dataset_dir", str(data), "--output_dir", str(run)],
-                      **{PAUSE_WRITE_ENV: "1"})
-    watched.wait_for(f"{PAUSE_WRITE_ENV}: paused writing")  # epoch 1's data is in the temporary file
+    watched = Watched([sys.executable, str(ROOT / "tests" / "pausing_writer.py"), "1", SCRIPT, *TINY,
+                       "--dataset_dir", str(data), "--output_dir", str(run)])
+    watched.wait_for(PAUSED)  # epoch 1's data is in the temporary file
     watched.kill()
     assert len(list(run.glob(f"checkpoint.pth.*{TEMPORARY_SUFFIX}"))) == 1
     kept = read_checkpoint(run / "checkpoint.pth")
