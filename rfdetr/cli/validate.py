@@ -22,7 +22,8 @@ image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_dir", default="dataset", help="dataset folder: train/, valid/, test/ (COCO) or a data.yaml (YOLO)")
+    parser.add_argument("--dataset_dir", default="dataset",
+                        help="dataset folder: train/, valid/, test/ (COCO) or a data.yaml (YOLO)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
                         help="training stage to check for: 1 = boxes, 2 = masks (every non-crowd object needs one)")
     parser.add_argument("--skip_env", action="store_true", help="skip the Python/dependency/GPU checks")

@@ -19,7 +19,7 @@ _EXPORTS = {
     "train_scales": "rfdetr.datasets.transforms",
     "decode_segmentation": "rfdetr.coco_masks",
     "make_synthetic_coco": "rfdetr.datasets.synthetic",
-    "make_synthetic_yolo": "rfdetr.datasets.synthetic_yolo",
+    "make_synthetic_yolo": "rfdetr.datasets.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -264,7 +264,8 @@ def make_synthetic_yolo(out_dir: str | Path, *, seed: int = 0, num_train: int = 
         raise ValueError(f"task must be one of {yolo_writer.TASKS}, got {task!r}")
     out_dir = Path(out_dir)
     height, width = image_size
-    for split, count in zip(SPLITS, (num_train, num_valid, num_test)):
+    splits = [(split, count) for split, count in zip(SPLITS, (num_train, num_valid, num_test)) if count > 0]
+    for split, count in splits:  # a split without images is left out of the data.yaml
         labels = out_dir / "labels" / yolo_writer.FOLDERS[split]
         labels.mkdir(parents=True, exist_ok=True)
         for _, file_name, scene in _write_scenes(out_dir / "images" / yolo_writer.FOLDERS[split], split, count, seed,
@@ -273,7 +274,7 @@ def make_synthetic_yolo(out_dir: str | Path, *, seed: int = 0, num_train: int = 
             lines = yolo_writer.label_lines(scene.objects, height, width, task, mask_bbox)
             (labels / Path(file_name).with_suffix(".txt")).write_text("".join(f"{line}\n" for line in lines))
         logger.info("wrote %s: %d images (%s labels)", labels, count, task)
-    yolo_writer.write_data_yaml(out_dir, classes, SPLITS)
+    yolo_writer.write_data_yaml(out_dir, classes, [split for split, _ in splits])
     return out_dir
 
 

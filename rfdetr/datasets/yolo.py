@@ -2,10 +2,10 @@
 
 Label files hold one object a line, values separated by spaces: ``class cx cy w h`` (a box:
 centre and size) or ``class x1 y1 x2 y2 x3 y3 ...`` (a polygon of at least 3 points), every value
-after the class normalised to [0, 1] by the image's width and height. A split is a segmentation
-split when any of its lines is a polygon (more than 4 values); there every line is a polygon, and a
-line of 4 values is a polygon of 2 points. A missing or empty label file means an image without
-objects. The rules, each a :class:`LabelProblem` naming the file and line:
+after the class normalised to [0, 1] by the image's width and height. As Ultralytics reads them, a
+label file with any polygon line (more than 4 values) is a polygon file: there every line is a
+polygon, and a line of 4 values is a polygon of 2 points (in a box file it is a box). A missing or
+empty label file means an image without objects. The rules, each a :class:`LabelProblem` naming the file and line:
 
 - FAIL: a class index that is not an integer or not in ``names``; values that are not numbers or
   lie outside [0, 1]; an odd number of coordinates; a polygon of fewer than 3 points (it encloses
@@ -106,7 +106,6 @@ def read_split(layout: YoloLayout, split: str) -> YoloSplit:
             problems.append(LabelProblem(FAIL, NO_FOLDER, f"{layout.split_key(split)}: {folder}"))
     labels = {label_path(image): image for image in images}
     files = {image: _read_lines(label_path(image), root, problems) for image in images}
-    segmentation = any(len(tokens) > 5 for lines in files.values() for _, tokens in lines)
     document = {"images": [], "annotations": [], "categories": categories(layout)}
     for image_id, image in enumerate(images):
         lines = files[image]
@@ -119,6 +118,7 @@ def read_split(layout: YoloLayout, split: str) -> YoloSplit:
             continue
         document["images"].append({"id": image_id, "file_name": _relative(image, root), "width": width,
                                    "height": height, "source": _relative(image, root)})
+        segmentation = any(len(tokens) > 5 for _, tokens in lines or [])  # a polygon file (the module docstring)
         for number, tokens in lines or []:
             where = f"{_relative(label_path(image), root)}:{number}"
             annotation = _annotation(tokens, width, height, layout.names, segmentation, where, problems)

@@ -7,8 +7,8 @@
 - ``detect``: ``class cx cy w h``, the box of the object's visible pixels (the same box the COCO
   writer gives its ``bbox``), so a COCO and a YOLO copy of one scene set train alike;
 - ``segment``: ``class x1 y1 x2 y2 ...``, the polygon of the visible part: the drawn polygon of an
-  unoccluded shape (exact), the traced outline of its largest visible piece otherwise (YOLO has one
-  polygon per object: a piece cut off by an occluder is left out).
+  unoccluded shape (exact), the traced outline of the visible pixels otherwise (:func:`visible_polygon`:
+  YOLO has one polygon per object, so pieces and holes are bridged into it).
 
 Values are normalised by the image width and height and printed with 10 significant digits.
 """
@@ -43,23 +43,34 @@ def polygon_line(class_index: int, polygon: Sequence[float], height: int, width:
 
 
 def visible_polygon(visible_mask: np.ndarray) -> list[float]:
-    """The outline of the largest piece of a ``[H, W]`` 0/1 mask as a pixel polygon ``[x1, y1, ...]``.
+    """The outline of a ``[H, W]`` 0/1 mask as one pixel polygon ``[x1, y1, ...]``.
 
-    The contour passes through pixel edges (pixel ``(r, c)`` covers ``[c, c + 1] x [r, r + 1]``, the
-    COCO polygon convention); points are thinned to within a quarter pixel of the outline.
+    The outline passes through pixel edges (pixel ``(r, c)`` covers ``[c, c + 1] x [r, r + 1]``, the
+    COCO polygon convention), thinned to within a quarter pixel. A mask in several pieces, or with
+    holes, becomes one polygon: each further outline (piece or hole, largest first) joins by a
+    zero-width bridge from its nearest point. Polygons are filled by the even-odd rule (pycocotools),
+    so a bridged hole stays a hole.
     """
     padded = np.pad(visible_mask.astype(np.float32), 1)
-    contours = measure.find_contours(padded, 0.5)
-    if not contours:
+    contours = [measure.approximate_polygon(c, tolerance=0.25)[:-1] for c in measure.find_contours(padded, 0.5)]
+    # (row, col) at pixel centres of the padded mask -> (x, y) on pixel edges: shift by -1 (padding) + 0.5.
+    pieces = [np.stack([c[:, 1] - 0.5, c[:, 0] - 0.5], axis=1) for c in contours if len(c) >= 3]
+    if not pieces:
         return []
-    largest = max(contours, key=lambda c: _area(c[:, 1], c[:, 0]))
-    outline = measure.approximate_polygon(largest, tolerance=0.25)[:-1]  # the last point repeats the first
-    # find_contours gives (row, col) at pixel centres of the padded mask: shift by -1 (padding) + 0.5.
-    return [round(float(v), 2) for row, col in outline for v in (col - 0.5, row - 0.5)]
+    areas = [_signed_area(p) for p in pieces]
+    pieces = [p for p, a in sorted(zip(pieces, areas), key=lambda pa: -abs(pa[1])) if abs(a) >= 1]
+    polygon = pieces[0]
+    for piece in pieces[1:]:
+        distances = np.linalg.norm(polygon[:, None, :] - piece[None, :, :], axis=2)
+        i, j = np.unravel_index(int(np.argmin(distances)), distances.shape)
+        around = np.roll(piece, -j, axis=0)
+        polygon = np.concatenate([polygon[:i + 1], around, around[:1], polygon[i:]])
+    return [round(float(v), 2) for v in polygon.reshape(-1)]
 
 
-def _area(xs: np.ndarray, ys: np.ndarray) -> float:
-    return abs(float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1)))) / 2
+def _signed_area(points: np.ndarray) -> float:
+    xs, ys = points[:, 0], points[:, 1]
+    return float(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1))) / 2
 
 
 def label_lines(objects: Sequence, height: int, width: int, task: str, box_of) -> list[str]:
