@@ -30,7 +30,7 @@ from rfdetr.validation import Level, check_dataset
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = dict(seed=3, num_train=4, num_valid=2, num_test=0, image_size=(96, 96))
-TINY_RUN = ["--resolution", "128", "--epochs", "1", "--batch", "2", "--accum", "1", "--multi_scale", "0",
+TINY_RUN = ["--resolution", "64", "--epochs", "1", "--batch", "2", "--accum", "1", "--multi_scale", "0",
             "--workers", "0", "--device", "cpu", "--tensorboard", "0"]
 TINY_MODEL = ["--num_queries", "20", "--group_detr", "1", "--gradient_checkpointing", "0"]
 NAMES = ["circle", "square", "triangle"]
