@@ -20,6 +20,7 @@ import torch
 import train_detector_stage1
 import train_seg_stage2
 import validate_setup
+from rfdetr import RFDETRNano
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.datasets import build_dataset, dataset_classes, load_split, make_synthetic_coco, make_synthetic_yolo
@@ -227,7 +228,7 @@ def _stage1(dataset: Path, run: Path) -> dict:
     return json.loads((run / "log.txt").read_text().splitlines()[0])
 
 
-@pytest.mark.slow  # two stage-1 runs
+@pytest.mark.slow  # two stage-1 runs and a short RFDETR.train()
 def test_coco_and_yolo_copies_train_alike(copies, tmp_path):
     coco = _stage1(copies["coco"], tmp_path / "coco")
     yolo = _stage1(copies["detect"], tmp_path / "yolo")
@@ -243,6 +244,11 @@ def test_coco_and_yolo_copies_train_alike(copies, tmp_path):
     assert yolo["valid_bbox_AP"] == pytest.approx(coco["valid_bbox_AP"], abs=1e-9)
     assert json.loads((tmp_path / "yolo" / "results.json").read_text()).keys() == json.loads(
         (tmp_path / "coco" / "results.json").read_text()).keys()
+    # RFDETR.train() takes the YOLO folder too.
+    wrapper = RFDETRNano(pretrain_weights=str(tmp_path / "yolo" / "checkpoint_best_total.pth"), device="cpu")
+    wrapper.train(dataset_dir=str(copies["detect"]), output_dir=str(tmp_path / "api"), epochs=1, batch_size=2,
+                  resolution=64, max_steps_per_epoch=1, multi_scale=False, num_workers=0, tensorboard=False)
+    assert list(wrapper.class_names.values()) == NAMES and (tmp_path / "api" / "results.json").is_file()
 
 
 @pytest.mark.slow  # a stage-1 run, then a stage-2 run
