@@ -1,4 +1,4 @@
-"""Check the environment and lint a COCO dataset folder before training.
+"""Check the environment and lint a COCO or YOLO dataset folder before training.
 
     python validate_setup.py --dataset_dir dataset --stage 1
     python validate_setup.py --dataset_dir dataset --stage 2 --skip_env   # masks required on every object

@@ -21,6 +21,7 @@ FLOORS = {
     "rfdetr.checkpoint": 2, "rfdetr.durable": 2, "rfdetr.weights": 2, "rfdetr.surgery": 2, "rfdetr.loading": 2,
     "rfdetr.upstream": 2,
     "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.metrics": 3, "rfdetr.validation": 3,
+    "rfdetr.validation_rules": 3, "rfdetr.validation_yolo": 3,
     "rfdetr.api": 4, "rfdetr.detr": 4, "rfdetr.export": 4, "rfdetr.inference": 4,
     "rfdetr.cli": 5, "rfdetr.demo": 5,
 }

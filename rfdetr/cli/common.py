@@ -68,8 +68,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     """The flags every training script shares (help texts show TrainConfig's defaults)."""
     parser.add_argument("--size", choices=SIZES + SEG_SIZES, default=None,
                         help=f"model size (default: {DEFAULT_SCRIPT_SIZE['detector']})")
-    parser.add_argument("--dataset_dir", default=None, help=described("COCO folder with train/ valid/ [test/]",
-                                                                       "dataset_dir"))
+    parser.add_argument("--dataset_dir", default=None,
+                        help=described("COCO folder with train/ valid/ [test/], or a YOLO folder with data.yaml",
+                                       "dataset_dir"))
     parser.add_argument("--output_dir", default=None, help="run folder (default: runs/<kind>_<size>_<resolution>_<n>)")
     parser.add_argument("--epochs", type=int, default=None, help=described("epochs", "epochs"))
     parser.add_argument("--batch", type=int, default=None, help=described("images per micro-batch", "batch_size"))

@@ -22,7 +22,7 @@ def _commands() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
     return {
         "predict": ("detect/segment objects in images; annotated copies + COCO results JSON", predict.predict_main),
         "train": ("train: detector (stage 1), masks (stage 2) or single-stage", _train),
-        "validate": ("check the environment and a COCO dataset folder", validate.main),
+        "validate": ("check the environment and a COCO or YOLO dataset folder", validate.main),
         "export": ("export a checkpoint to ONNX (optionally int8)", predict.export_main),
         "shrink": ("keep only some classes of a checkpoint's class heads", surgery.shrink_main),
         "strip": ("remove the class heads of a checkpoint", surgery.strip_main),

@@ -34,7 +34,7 @@ from rfdetr.cli.common import (
 )
 from rfdetr.config import DEFAULT_SCRIPT_SIZE, MASK_HEADS
 
-STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO-format dataset, starting from the COCO checkpoint.
+STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO or YOLO dataset, starting from the COCO checkpoint.
 
     python train_detector_stage1.py --size nano --dataset_dir dataset --epochs 50 --batch 4 --accum 4
     python train_detector_stage1.py --size nano --pretrain_weights none --device cpu   # random init, offline
@@ -42,7 +42,8 @@ STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO-format dataset
     python train_detector_stage1.py --resume runs/detector_nano_384_1                # continue exactly
 
 The dataset folder holds train/, valid/ and optionally test/, each with _annotations.coco.json and
-its images (a Roboflow COCO export). The class heads take the dataset's classes (trained rows of the
+its images (a Roboflow COCO export), or is a YOLO folder (data.yaml, images/ and labels/; polygon
+labels give the masks of the mask stages). The class heads take the dataset's classes (trained rows of the
 checkpoint are kept for every class it has); the rest of the network starts from --pretrain_weights.
 The run folder receives checkpoint.pth (resumable), checkpoint_best_regular.pth,
 checkpoint_best_ema.pth, checkpoint_best_total.pth, log.txt, results.json, run_config.json and

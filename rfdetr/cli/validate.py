@@ -6,13 +6,15 @@ import argparse
 
 from rfdetr.cli.common import as_invoked
 
-VALIDATE_DOC = """Check the environment and lint a COCO dataset folder before training.
+VALIDATE_DOC = """Check the environment and lint a COCO or YOLO dataset folder before training.
 
     python validate_setup.py --dataset_dir dataset --stage 1
     python validate_setup.py --dataset_dir dataset --stage 2 --skip_env   # masks required on every object
 
 Expects <dataset_dir>/{train,valid,test}/_annotations.coco.json with the images beside each JSON file
-(test is optional). Prints one PASS/WARN/FAIL line per check, naming the file and the first offending
+(test is optional), or a YOLO folder: data.yaml naming the classes and the train/val[/test] image folders,
+one labels/*.txt per image (class cx cy w h, or class x1 y1 x2 y2 ... polygons; values in [0, 1]); label
+problems are named as file:line. Prints one PASS/WARN/FAIL line per check, naming the file and the first offending
 image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwise, 2 for usage errors.
 """
 
@@ -20,7 +22,8 @@ image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwis
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset_dir", default="dataset", help="dataset folder holding train/, valid/ and test/")
+    parser.add_argument("--dataset_dir", default="dataset",
+                        help="dataset folder: train/, valid/, test/ (COCO) or a data.yaml (YOLO)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=1,
                         help="training stage to check for: 1 = boxes, 2 = masks (every non-crowd object needs one)")
     parser.add_argument("--skip_env", action="store_true", help="skip the Python/dependency/GPU checks")

@@ -1,28 +1,31 @@
-"""COCO-format datasets, joint image/target transforms, batching and synthetic data."""
+"""Datasets: COCO-format and YOLO-format folders, joint image/target transforms, batching and synthetic data.
 
-from rfdetr.coco_masks import decode_segmentation
-from rfdetr.datasets.coco import CocoDetection, build_dataset, resolve_split_dir
-from rfdetr.datasets.collate import collate_fn, random_scale, resize_batch
-from rfdetr.datasets.transforms import multi_scale_sizes, train_scales
+Names are imported on use: ``validate_setup.py`` reads YOLO folders through :mod:`rfdetr.datasets.yolo`
+without importing torch, and ``python -m rfdetr.datasets.synthetic`` does not import itself twice.
+"""
 
-__all__ = [
-    "CocoDetection",
-    "build_dataset",
-    "collate_fn",
-    "decode_segmentation",
-    "make_synthetic_coco",
-    "multi_scale_sizes",
-    "random_scale",
-    "resize_batch",
-    "resolve_split_dir",
-    "train_scales",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "CocoDetection": "rfdetr.datasets.coco",
+    "build_dataset": "rfdetr.datasets.coco",
+    "resolve_split_dir": "rfdetr.datasets.splits",
+    "load_split": "rfdetr.datasets.splits",
+    "dataset_classes": "rfdetr.datasets.splits",
+    "collate_fn": "rfdetr.datasets.collate",
+    "random_scale": "rfdetr.datasets.collate",
+    "resize_batch": "rfdetr.datasets.collate",
+    "multi_scale_sizes": "rfdetr.datasets.transforms",
+    "train_scales": "rfdetr.datasets.transforms",
+    "decode_segmentation": "rfdetr.coco_masks",
+    "make_synthetic_coco": "rfdetr.datasets.synthetic",
+    "make_synthetic_yolo": "rfdetr.datasets.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    # Imported on use so that ``python -m rfdetr.datasets.synthetic`` does not import itself twice.
-    if name == "make_synthetic_coco":
-        from rfdetr.datasets.synthetic import make_synthetic_coco
-
-        return make_synthetic_coco
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'rfdetr.datasets' has no attribute {name!r}")

@@ -1,8 +1,9 @@
-"""COCO-format detection/segmentation datasets in the Roboflow layout.
+"""Detection/segmentation datasets from a COCO-format document: a Roboflow COCO folder or a YOLO one.
 
 ``<dataset_dir>/<split>/_annotations.coco.json`` with the images beside it (``val`` falls back to
-``valid``). Labels come from :class:`rfdetr.classes.ClassTable` (category ids -> contiguous labels;
-Roboflow's id-0 project category is not a class).
+``valid``), or a YOLO folder's split converted in memory (:mod:`rfdetr.datasets.splits` reads
+either; :func:`build_dataset` goes through it). Labels come from :class:`rfdetr.classes.ClassTable`
+(category ids -> contiguous labels; Roboflow's id-0 project category is not a class).
 
 What is dropped, and how: crowd annotations (``iscrowd=1``) silently; annotations whose bbox is
 malformed, NaN/inf or has a negative width/height with a logged warning; boxes empty after clamping
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 from functools import cached_property
@@ -30,55 +30,25 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from rfdetr.classes import ClassTable
-from rfdetr.coco_layout import ANNOTATION_FILE, find_split_dir
+from rfdetr.coco_layout import ANNOTATION_FILE
 from rfdetr.coco_masks import decode_rle, mask_rle
+from rfdetr.datasets.splits import (
+    SplitData,
+    coco_split,
+    dataset_classes,
+    load_annotation_file,
+    load_split,
+    resolve_split_dir,
+)
 from rfdetr.datasets.transforms import Transform, eval_transforms, image_size, train_scales, train_transforms
 from rfdetr.images import read_image
 
 logger = logging.getLogger(__name__)
 
+# The split readers live in rfdetr.datasets.splits (no torch there); re-exported for existing imports.
+__all__ = ["CocoDetection", "build_dataset", "dataset_classes", "load_annotation_file", "resolve_split_dir"]
+
 _MAX_LOGGED_SKIPS = 5
-
-
-# ---- files -------------------------------------------------------------------------------------
-def resolve_split_dir(dataset_dir: str | Path, split: str) -> Path:
-    """``dataset_dir/split`` (``valid`` and ``val`` are one split, :mod:`rfdetr.coco_layout`)."""
-    dataset_dir = Path(dataset_dir)
-    if not dataset_dir.is_dir():
-        raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")
-    split_dir = find_split_dir(dataset_dir, split)
-    if split_dir is None:
-        found = sorted(p.name for p in dataset_dir.iterdir() if p.is_dir())
-        raise FileNotFoundError(f"split folder {dataset_dir / split} does not exist (found folders: {found}); "
-                                f"expected <dataset_dir>/{{train,valid,test}}/{ANNOTATION_FILE}")
-    return split_dir
-
-
-def load_annotation_file(path: str | Path) -> dict:
-    """Read and shape-check a COCO annotation JSON; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
-    try:
-        with path.open("r", encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"annotation file {path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"annotation file {path}: expected a JSON object, got {type(data).__name__}")
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"annotation file {path}: missing or malformed '{key}' list")
-    data.setdefault("annotations", [])
-    if not isinstance(data["annotations"], list):
-        raise ValueError(f"annotation file {path}: 'annotations' must be a list")
-    return data
-
-
-def dataset_classes(dataset_dir: str | Path, split: str = "train") -> ClassTable:
-    """The class table of a split, read from its annotation file alone (no images touched)."""
-    path = resolve_split_dir(dataset_dir, split) / ANNOTATION_FILE
-    return ClassTable.from_categories(load_annotation_file(path)["categories"])
 
 
 # ---- annotation checks -------------------------------------------------------------------------
@@ -122,7 +92,7 @@ def _index_annotations(data: dict, path: Path, classes: ClassTable) -> tuple[dic
     return per_image, kept
 
 
-def _index_images(data: dict, path: Path) -> list[dict]:
+def _index_images(data: dict, path: Path, image_dir: Path) -> list[dict]:
     images, seen = [], set()
     for image in data["images"]:
         if "id" not in image or not image.get("file_name"):
@@ -132,10 +102,10 @@ def _index_images(data: dict, path: Path) -> list[dict]:
             raise ValueError(f"{path}: duplicate image id {image_id}")
         seen.add(image_id)
         images.append(image)
-    missing = [image for image in images if not (path.parent / image["file_name"]).is_file()]
+    missing = [image for image in images if not (image_dir / image["file_name"]).is_file()]
     if missing:
         shown = ", ".join(f"{image['file_name']} (id {image['id']})" for image in missing[:5])
-        raise FileNotFoundError(f"{path}: {len(missing)} image files are missing from {path.parent}: {shown}")
+        raise FileNotFoundError(f"{path}: {len(missing)} image files are missing from {image_dir}: {shown}")
     return images
 
 
@@ -152,19 +122,20 @@ class CocoDetection(Dataset):
     box-only instance, whose mask is empty: the rule of :mod:`rfdetr.coco_masks`).
     """
 
-    def __init__(self, split_dir: str | Path, transforms: Transform | None = None, *, masks: bool = False,
+    def __init__(self, split: str | Path | SplitData, transforms: Transform | None = None, *, masks: bool = False,
                  annotation_file: str = ANNOTATION_FILE):
-        self.split_dir = Path(split_dir)
-        self.annotation_path = self.split_dir / annotation_file
+        source = split if isinstance(split, SplitData) else coco_split(split, annotation_file)
+        self.split_dir = source.image_dir  # image file names are relative to it
+        self.annotation_path = source.path
         self.transforms = transforms
         self.masks = masks
-        self._data = load_annotation_file(self.annotation_path)
+        self._data = source.document
         try:
             self.classes = ClassTable.from_categories(self._data["categories"])
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{self.annotation_path}: bad categories: {error}") from error
         self._labels = {entry.category_id: entry.label for entry in self.classes.entries}
-        self._images = _index_images(self._data, self.annotation_path)
+        self._images = _index_images(self._data, self.annotation_path, self.split_dir)
         self._annotations, self._kept_annotations = _index_annotations(self._data, self.annotation_path,
                                                                        self.classes)
 
@@ -291,7 +262,7 @@ def build_dataset(dataset_dir: str | Path, split: str, *, resolution: int, train
         transforms = train_transforms(scales, generator)
     else:
         transforms = eval_transforms(resolution)
-    dataset = CocoDetection(resolve_split_dir(dataset_dir, split), transforms, masks=masks)
+    dataset = CocoDetection(load_split(dataset_dir, split), transforms, masks=masks)
     logger.info("%s split from %s: %d images, %d classes", split, dataset.split_dir, len(dataset),
                 len(dataset.classes.entries))
     return dataset

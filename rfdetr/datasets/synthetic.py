@@ -14,7 +14,11 @@ Same seed and arguments -> byte-identical JSON and images. Categories follow Rob
 the project (supercategory ``"none"``), ids 1..K the classes (supercategory = project name).
 Annotation ids start at 1 (COCOeval mistreats ground-truth id 0); image ids start at 0.
 
-Command line: ``python -m rfdetr.datasets.synthetic OUT_DIR [--seed 0] [--num_train 32] ...``
+:func:`make_synthetic_yolo` writes the same scenes (same images) as a YOLO dataset instead: boxes or
+polygons of the visible parts, :mod:`rfdetr.datasets.yolo_writer`.
+
+Command line: ``python -m rfdetr.datasets.synthetic OUT_DIR [--seed 0] [--num_train 32] ...
+[--format coco|yolo] [--task detect|segment]``
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
+
+from rfdetr.datasets import yolo_writer
 
 logger = logging.getLogger(__name__)
 
@@ -196,30 +202,41 @@ def _check_classes(classes: Sequence[str]) -> None:
         raise ValueError(f"classes must be distinct shape names from {sorted(SHAPES)}, got {list(classes)}")
 
 
-def make_synthetic_coco(out_dir: str | Path, *, seed: int = 0, num_train: int = 32, num_valid: int = 8,
-                        num_test: int = 8, image_size: tuple[int, int] = (256, 256),
-                        classes: Sequence[str] = DEFAULT_CLASSES, max_objects: int = 4,
-                        image_format: str = "jpg", project: str = "shapes") -> Path:
-    """Write the three splits under ``out_dir`` and return it (see the module docstring)."""
+def _check_options(classes: Sequence[str], image_format: str, seed: int, max_objects: int,
+                   image_size: tuple[int, int]) -> None:
     _check_classes(classes)
     if image_format not in ("jpg", "png"):
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     if seed < 0 or max_objects < 1 or min(image_size) < 32:
         raise ValueError(f"need seed >= 0, max_objects >= 1 and sides >= 32 (got {seed}, {max_objects}, {image_size})")
+
+
+def _write_scenes(folder: Path, split: str, count: int, seed: int, image_format: str, **scene_options):
+    """Write the ``count`` images of ``split`` into ``folder``; yields ``(index, file name, scene)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        scene = synthetic_scene(seed, split, index, **scene_options)
+        file_name = f"{split}_{index:05d}.{image_format}"
+        save_options = {"quality": 92} if image_format == "jpg" else {}
+        Image.fromarray(scene.image).save(folder / file_name, **save_options)
+        yield index, file_name, scene
+
+
+def make_synthetic_coco(out_dir: str | Path, *, seed: int = 0, num_train: int = 32, num_valid: int = 8,
+                        num_test: int = 8, image_size: tuple[int, int] = (256, 256),
+                        classes: Sequence[str] = DEFAULT_CLASSES, max_objects: int = 4,
+                        image_format: str = "jpg", project: str = "shapes") -> Path:
+    """Write the three splits under ``out_dir`` and return it (see the module docstring)."""
+    _check_options(classes, image_format, seed, max_objects, image_size)
     out_dir = Path(out_dir)
     height, width = image_size
     categories = [{"id": 0, "name": project, "supercategory": "none"}]
     categories += [{"id": i + 1, "name": name, "supercategory": project} for i, name in enumerate(classes)]
     for split, count in zip(SPLITS, (num_train, num_valid, num_test)):
         split_dir = out_dir / split
-        split_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
-        for index in range(count):
-            scene = synthetic_scene(seed, split, index, image_size=image_size, classes=classes,
-                                    max_objects=max_objects)
-            file_name = f"{split}_{index:05d}.{image_format}"
-            save_options = {"quality": 92} if image_format == "jpg" else {}
-            Image.fromarray(scene.image).save(split_dir / file_name, **save_options)
+        for index, file_name, scene in _write_scenes(split_dir, split, count, seed, image_format,
+                                                     image_size=image_size, classes=classes, max_objects=max_objects):
             images.append({"id": index, "license": 1, "file_name": file_name, "height": height, "width": width})
             for obj in scene.objects:
                 annotation_id = len(annotations) + 1
@@ -236,8 +253,33 @@ def make_synthetic_coco(out_dir: str | Path, *, seed: int = 0, num_train: int = 
     return out_dir
 
 
+def make_synthetic_yolo(out_dir: str | Path, *, seed: int = 0, num_train: int = 32, num_valid: int = 8,
+                        num_test: int = 8, image_size: tuple[int, int] = (256, 256),
+                        classes: Sequence[str] = DEFAULT_CLASSES, max_objects: int = 4,
+                        image_format: str = "jpg", task: str = "detect") -> Path:
+    """The scenes of :func:`make_synthetic_coco` (same arguments, same images) as a YOLO dataset:
+    boxes (``task="detect"``) or polygons (``"segment"``), see :mod:`rfdetr.datasets.yolo_writer`."""
+    _check_options(classes, image_format, seed, max_objects, image_size)
+    if task not in yolo_writer.TASKS:
+        raise ValueError(f"task must be one of {yolo_writer.TASKS}, got {task!r}")
+    out_dir = Path(out_dir)
+    height, width = image_size
+    splits = [(split, count) for split, count in zip(SPLITS, (num_train, num_valid, num_test)) if count > 0]
+    for split, count in splits:  # a split without images is left out of the data.yaml
+        labels = out_dir / "labels" / yolo_writer.FOLDERS[split]
+        labels.mkdir(parents=True, exist_ok=True)
+        for _, file_name, scene in _write_scenes(out_dir / "images" / yolo_writer.FOLDERS[split], split, count, seed,
+                                                 image_format, image_size=image_size, classes=classes,
+                                                 max_objects=max_objects):
+            lines = yolo_writer.label_lines(scene.objects, height, width, task, mask_bbox)
+            (labels / Path(file_name).with_suffix(".txt")).write_text("".join(f"{line}\n" for line in lines))
+        logger.info("wrote %s: %d images (%s labels)", labels, count, task)
+    yolo_writer.write_data_yaml(out_dir, classes, [split for split, _ in splits])
+    return out_dir
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a deterministic synthetic COCO dataset of shapes.")
+    parser = argparse.ArgumentParser(description="Write a deterministic synthetic dataset of shapes (COCO or YOLO).")
     parser.add_argument("out_dir", type=Path, help="output folder (gets train/, valid/, test/)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> identical files")
     parser.add_argument("--num_train", "--num-train", type=int, default=32, help="training images")
@@ -248,14 +290,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--classes", nargs="+", default=list(DEFAULT_CLASSES),
                         help=f"shape classes, from {sorted(SHAPES)}")
     parser.add_argument("--max_objects", "--max-objects", type=int, default=4, help="most shapes per image")
-    parser.add_argument("--format", dest="image_format", choices=("jpg", "png"), default="jpg",
-                        help="image file format")
-    parser.add_argument("--project", default="shapes", help="Roboflow-style project (id-0 category) name")
+    parser.add_argument("--format", choices=("coco", "yolo", "jpg", "png"), default="coco",
+                        help="dataset format: coco (Roboflow layout) or yolo (data.yaml, images/, labels/); "
+                             "jpg or png here set the image format (as --image_format does)")
+    parser.add_argument("--image_format", "--image-format", choices=("jpg", "png"), default=None,
+                        help="image file format (default jpg)")
+    parser.add_argument("--task", choices=yolo_writer.TASKS, default="detect",
+                        help="YOLO labels: detect = boxes, segment = polygons (masks for stage 2)")
+    parser.add_argument("--project", default="shapes", help="Roboflow-style project (id-0 category) name of COCO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    make_synthetic_coco(args.out_dir, seed=args.seed, num_train=args.num_train, num_valid=args.num_valid,
-                        num_test=args.num_test, image_size=tuple(args.image_size), classes=args.classes,
-                        max_objects=args.max_objects, image_format=args.image_format, project=args.project)
+    image_format = args.image_format or (args.format if args.format in ("jpg", "png") else "jpg")
+    common = dict(seed=args.seed, num_train=args.num_train, num_valid=args.num_valid, num_test=args.num_test,
+                  image_size=tuple(args.image_size), classes=args.classes, max_objects=args.max_objects,
+                  image_format=image_format)
+    if args.format == "yolo":
+        make_synthetic_yolo(args.out_dir, task=args.task, **common)
+    else:
+        make_synthetic_coco(args.out_dir, project=args.project, **common)
 
 
 if __name__ == "__main__":

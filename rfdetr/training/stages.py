@@ -25,7 +25,7 @@ from rfdetr.checkpoint import read_checkpoint, stored_run_config
 from rfdetr.classes import ClassTable
 from rfdetr.coco_masks import count_masks
 from rfdetr.config import BUILT_IN_MASK_HEAD, RunConfig, StageName, TrainConfig, mask_config
-from rfdetr.datasets.coco import ANNOTATION_FILE, dataset_classes, load_annotation_file, resolve_split_dir
+from rfdetr.datasets.splits import dataset_classes, load_split
 from rfdetr.loading import load_model
 from rfdetr.models import DETRsegm, build_criterion, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
@@ -122,8 +122,8 @@ def check_segmentation(dataset_dir: str) -> int:
 
     The others are box-only: a logged warning counts them by reason (they add no mask loss).
     """
-    path = resolve_split_dir(dataset_dir, "train") / ANNOTATION_FILE
-    counts = count_masks(load_annotation_file(path))
+    train = load_split(dataset_dir, "train")  # a COCO or YOLO folder
+    path, counts = train.path, count_masks(train.document)
     usable = counts.pop(None, 0)
     if usable == 0:
         raise ValueError(f"{path} has no segmentation usable as a mask: mask training needs polygons or RLE "

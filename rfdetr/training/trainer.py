@@ -37,7 +37,7 @@ from rfdetr.checkpoint import make_checkpoint, read_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, SIZE_PRESETS, RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
-from rfdetr.datasets.coco import resolve_split_dir
+from rfdetr.datasets.splits import has_split
 from rfdetr.datasets.transforms import train_scales
 from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.models import PostProcess, build_criterion
@@ -134,7 +134,7 @@ class Trainer:
                                    native_resolution=self._native_resolution(), **common),
             "valid": build_dataset(self.config.dataset_dir, "valid", train=False, **common),
         }
-        if self.config.run_test and _split_exists(self.config.dataset_dir, "test"):
+        if self.config.run_test and has_split(self.config.dataset_dir, "test"):
             splits["test"] = build_dataset(self.config.dataset_dir, "test", train=False, **common)
         for name, dataset in splits.items():
             if dataset.classes != self.classes:
@@ -382,11 +382,3 @@ class Trainer:
                                    epoch=self.best_epoch[kind])
             summary.update(best_weights=kind, selection_metric=f"{self.select_on}_AP")
             (self.output_dir / "results.json").write_text(json.dumps(summary, indent=2))
-
-
-def _split_exists(dataset_dir: str, split: str) -> bool:
-    try:
-        resolve_split_dir(dataset_dir, split)
-    except FileNotFoundError:
-        return False
-    return True
