@@ -11,12 +11,13 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
 from rfdetr.config import TrainConfig, model_config
 from rfdetr.datasets.collate import resize_batch
 from rfdetr.models.criterion import build_criterion
-from rfdetr.models.mask_geometry import canvas_grid, sample_logits, valid_fractions
+from rfdetr.models.mask_geometry import canvas_grid, valid_fractions
 from rfdetr.models.mask_losses import MaskLoss, add_mask_losses
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 
@@ -63,8 +64,6 @@ def match(*per_image: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
 # edges of every grid used here, so "perfect" logits exist on each grid.
 RECT_A = (0.0, 0.25, 1.0, 0.75)
 RECT_B = (0.0, 0.0, 0.5, 1.0)
-MODES = [pytest.param({}, id="dense"), pytest.param({"num_points": 256}, id="points"),
-         pytest.param({"focal": True}, id="dense-focal")]
 
 
 def two_image_case(render_rects: dict, sizes=((64, 64), (32, 48)), resize_to: int | None = None,
@@ -76,19 +75,18 @@ def two_image_case(render_rects: dict, sizes=((64, 64), (32, 48)), resize_to: in
     return model, outputs, targets, match([2], [5])
 
 
-@pytest.mark.parametrize("options", MODES)
-def test_perfect_logits_give_near_zero_losses_and_wrong_ones_large(options):
+def test_perfect_logits_give_near_zero_losses_and_wrong_ones_large():
     torch.manual_seed(0)
     # Points near an edge see logits interpolated between +-logit (and most points are drawn there):
     # their loss shrinks as 1 / logit.
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_B}, logit=500.0)
-    perfect = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
-    tolerance = 0.01 if "num_points" in options else 1e-4
+    perfect = MaskLoss()(outputs, targets, indices, num_boxes=2, model=model)
+    tolerance = 1e-4
     assert perfect["loss_mask"] < tolerance and perfect["loss_dice"] < tolerance
 
     wrong_model, wrong_outputs, *_ = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
-    wrong = MaskLoss(**options)(wrong_outputs, targets, indices, num_boxes=2, model=wrong_model)
-    assert wrong["loss_mask"] > (0.5 if options.get("focal") else 2.0) and wrong["loss_dice"] > 0.3
+    wrong = MaskLoss()(wrong_outputs, targets, indices, num_boxes=2, model=wrong_model)
+    assert wrong["loss_mask"] > 2.0 and wrong["loss_dice"] > 0.3
 
 
 def test_losses_are_per_mask_means_summed_over_num_boxes():
@@ -127,8 +125,7 @@ def test_only_matched_pairs_are_predicted_and_aux_sets_are_skipped():
     assert model.requests[0] == expected and len(expected) == 3
 
 
-@pytest.mark.parametrize("options", MODES)
-def test_same_image_alone_or_padded_beside_a_larger_one_gives_the_same_loss(options):
+def test_same_image_alone_or_padded_beside_a_larger_one_gives_the_same_loss():
     def render(image: int, query: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         inside = (u < 1) & (v < 1)  # padding gets a value the loss must never read
         return torch.where(inside, 3 * torch.sin(7 * u) + 2 * torch.cos(5 * v) - 1, torch.full_like(u, 50.0))
@@ -138,7 +135,7 @@ def test_same_image_alone_or_padded_beside_a_larger_one_gives_the_same_loss(opti
     def loss(sizes: list[tuple[int, int]], targets: list[dict], indices) -> dict:
         torch.manual_seed(0)
         model = FakeMaskModel(fractions_of(sizes), render)
-        return MaskLoss(**options)({"mask_context": batch_context(sizes)}, targets, indices, num_boxes=2, model=model)
+        return MaskLoss()({"mask_context": batch_context(sizes)}, targets, indices, num_boxes=2, model=model)
 
     alone = loss([image_size], [image_target], match([4, 1]))
     padded = loss([image_size, large], [image_target, target(large, [])], match([4, 1], []))
@@ -147,19 +144,18 @@ def test_same_image_alone_or_padded_beside_a_larger_one_gives_the_same_loss(opti
         assert padded[key].item() == pytest.approx(alone[key].item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("options", MODES)
 @pytest.mark.parametrize("resize_to", [32, 96, 128])
-def test_multi_scale_resized_batch_still_aligns(options, resize_to):
+def test_multi_scale_resized_batch_still_aligns(resize_to):
     torch.manual_seed(0)
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_B}, resize_to=resize_to,
                                                       logit=500.0)
-    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
-    tolerance = 0.01 if "num_points" in options else 1e-4
+    losses = MaskLoss()(outputs, targets, indices, num_boxes=2, model=model)
+    tolerance = 1e-4
     assert losses["loss_mask"] < tolerance and losses["loss_dice"] < tolerance
     # Masks drawn as if the padded image filled the canvas (the fork's alignment) are far off:
     # the left half of the canvas is 2 / 3 of image 1 -> its dice ~ 1 - 1 / 1.17.
     naive = FakeMaskModel([(1.0, 1.0), (1.0, 1.0)], rect_render({(0, 2): RECT_A, (1, 5): RECT_B}))
-    assert MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=naive)["loss_dice"] > 0.05
+    assert MaskLoss()(outputs, targets, indices, num_boxes=2, model=naive)["loss_dice"] > 0.05
 
 
 def test_valid_fractions_from_the_mask_refined_by_target_sizes():
@@ -180,7 +176,8 @@ def test_sampling_clamps_to_the_cells_overlapping_the_valid_region():
     logits = torch.arange(16.0).view(1, 4, 4)  # a 4 x 4 canvas grid; the image fills 2.5 x 2.5 cells
     fractions = torch.tensor([[0.625, 0.625]])
     corners = torch.tensor([[[0.0, 0.0], [1.0, 1.0], [1.0, 0.0]]])
-    values = sample_logits(logits, corners, fractions)
+    grid = canvas_grid(corners, fractions, (4, 4))
+    values = F.grid_sample(logits[:, None], grid[:, :, None], mode="bilinear", align_corners=False)[:, 0, :, 0]
     assert values.tolist() == [[0.0, 10.0, 2.0]]  # cells (0, 0), (2, 2), (0, 2): row 3 / column 3 never read
     assert canvas_grid(corners, fractions, (4, 4)).abs().max() <= 1
 
@@ -193,32 +190,28 @@ def test_zero_matches_give_finite_zero_losses_connected_to_the_graph():
     assert model.scale.grad is not None and model.scale.grad.item() == 0
 
 
-@pytest.mark.parametrize("options", MODES)
-def test_box_only_instances_add_no_mask_loss(options):
+def test_box_only_instances_add_no_mask_loss():
     # Image 1's prediction is wrong for its target: counted, it would add a large loss.
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_A, (1, 5): RECT_A})
     targets[1]["has_mask"] = torch.tensor([False])
     targets[0]["has_mask"] = torch.tensor([True])
-    generator = torch.Generator().manual_seed(0)
-    losses = MaskLoss(generator=generator, **options)(outputs, targets, indices, num_boxes=2, model=model)
+    losses = MaskLoss()(outputs, targets, indices, num_boxes=2, model=model)
     assert model.requests[-1] == [(0, 2)]  # only the pair with a mask is predicted
-    generator.manual_seed(0)
-    alone = MaskLoss(generator=generator, **options)(outputs, targets, match([2], []), num_boxes=2, model=model)
+    alone = MaskLoss()(outputs, targets, match([2], []), num_boxes=2, model=model)
     for key in ("loss_mask", "loss_dice"):
         assert losses[key].item() == pytest.approx(alone[key].item(), abs=1e-6), key
         assert losses[key].item() < 0.05, key  # the one counted pair is perfect
 
     targets[0]["has_mask"] = torch.tensor([False])  # no mask left: zero losses, still on the graph
-    nothing = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
+    nothing = MaskLoss()(outputs, targets, indices, num_boxes=2, model=model)
     assert nothing["loss_mask"].item() == 0 and nothing["loss_dice"].item() == 0
     nothing["loss_mask"].backward()
     assert model.scale.grad is not None
 
 
-@pytest.mark.parametrize("options", MODES)
-def test_gradient_reaches_the_mask_predictions(options):
+def test_gradient_reaches_the_mask_predictions():
     model, outputs, targets, indices = two_image_case({(0, 2): RECT_B, (1, 5): RECT_A})
-    losses = MaskLoss(**options)(outputs, targets, indices, num_boxes=2, model=model)
+    losses = MaskLoss()(outputs, targets, indices, num_boxes=2, model=model)
     (losses["loss_mask"] + losses["loss_dice"]).backward()
     assert model.scale.grad is not None and model.scale.grad.item() > 0
 
@@ -231,8 +224,6 @@ def test_targets_without_masks_are_an_error_and_sets_without_context_are_skipped
         MaskLoss()(outputs, targets, indices, 1)
     with pytest.raises(KeyError, match="masks=True"):
         MaskLoss()(outputs, targets, indices, 1, model=model)
-    with pytest.raises(ValueError, match="num_points"):
-        MaskLoss(num_points=0)
 
 
 # --- the real DETRsegm --------------------------------------------------------------------------
@@ -244,8 +235,7 @@ def _nano():
     return build_detector(model_config("nano", num_queries=20)).eval()
 
 
-@pytest.mark.parametrize("options", [pytest.param({}, id="dense"), pytest.param({"num_points": 64}, id="points")])
-def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
+def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only():
     import copy
 
     from rfdetr.models.segmentation import DETRsegm
@@ -255,7 +245,7 @@ def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only(options):
     samples = nested_tensor_from_images([torch.randn(3, h, w, generator=generator) for h, w in sizes])
     outputs = model(NestedTensor(samples.tensors, samples.mask))
     criterion = build_criterion(model_config("nano", group_detr=1), TrainConfig())
-    add_mask_losses(criterion, 1.0, 1.0, **options)
+    add_mask_losses(criterion, 1.0, 1.0)
     targets = [target(sizes[0], [RECT_A, RECT_B]), target(sizes[1], [RECT_B])]
     losses = criterion(outputs, targets, model=model)
     assert torch.isfinite(losses["loss_mask"]) and torch.isfinite(losses["loss_dice"])

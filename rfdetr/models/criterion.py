@@ -74,11 +74,10 @@ class SetCriterion(nn.Module):
     """Hungarian-matched detection losses: IA-BCE classification, L1 and GIoU boxes (+ logging metrics)."""
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], *,
-                 focal_alpha: float, group_detr: int, losses: Iterable[str] = DEFAULT_LOSSES,
-                 sum_group_losses: bool = False):
+                 focal_alpha: float, group_detr: int, losses: Iterable[str] = DEFAULT_LOSSES):
         """num_classes: highest class index (the class head has ``num_classes + 1`` rows); group_detr:
-        query groups in training (evaluation matches a single group); sum_group_losses: normalise by the
-        targets of one group instead of all groups."""
+        query groups in training (evaluation matches a single group; losses are normalised by the targets
+        of all groups)."""
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -86,7 +85,6 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.losses = list(losses)
         self.group_detr = group_detr
-        self.sum_group_losses = sum_group_losses
         self.loss_functions: dict[str, LossFunction] = {
             "labels": self.loss_labels,
             "boxes": self.loss_boxes,
@@ -172,7 +170,7 @@ class SetCriterion(nn.Module):
         (``""``, ``"_0"``, ..., ``"_enc"``): returned, not kept, so one criterion may serve many threads."""
         group_detr = self.group_detr if self.training else 1
         device = outputs["pred_logits"].device
-        num_boxes = normalising_num_boxes(targets, 1 if self.sum_group_losses else group_detr, device)
+        num_boxes = normalising_num_boxes(targets, group_detr, device)
         losses: dict[str, torch.Tensor] = {}
         matches: dict[str, list[ImageMatch]] = {}
         for suffix, output_set in self._output_sets(outputs):

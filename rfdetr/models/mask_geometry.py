@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 # A valid extent within this many cells of an integer is that integer (float noise of h / H * Hm).
 _CELL_TOLERANCE = 1e-4
@@ -67,9 +66,3 @@ def canvas_grid(points: torch.Tensor, fractions: torch.Tensor, grid_size: Sequen
     cell = points * extent[:, None] - 0.5
     cell = torch.minimum(cell, (count - 1)[:, None]).clamp(min=0)
     return (cell + 0.5) / points.new_tensor([float(width), float(height)]) * 2 - 1
-
-
-def sample_logits(logits: torch.Tensor, points: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples ``[N, P]`` of canvas logits ``[N, Hm, Wm]`` at ``points [N, P, 2]`` (:func:`canvas_grid`)."""
-    grid = canvas_grid(points, fractions, logits.shape[-2:]).to(logits.dtype)
-    return F.grid_sample(logits[:, None], grid[:, :, None], mode="bilinear", align_corners=False)[:, 0, :, 0]

@@ -1,20 +1,13 @@
-"""Mask losses of a ``DETRsegm`` or of a built-in mask head: sigmoid BCE (or focal) and Dice on
+"""Mask losses of a ``DETRsegm`` or of a built-in mask head: sigmoid BCE and Dice on
 Hungarian-matched queries only.
 
 Geometry: :mod:`rfdetr.models.mask_geometry` (where a mask's image lies on the padded canvas).
 
-Two ways to compare (``num_points``):
+Each prediction is cropped to the cells overlapping its image; the target is zero-padded to the
+same canvas span and area-averaged onto that crop (exact when the canvas is a multiple of the
+stride, as with square training sizes).
 
-- ``None``: dense. Each prediction is cropped to the cells overlapping its image; the target is
-  zero-padded to the same canvas span and area-averaged onto that crop (exact when the canvas is a
-  multiple of the stride, as with square training sizes).
-- an int: PointRend-style points (as upstream RF-DETR and Mask2Former): per mask,
-  ``importance_sample_ratio`` of the points are the most uncertain (|logit| smallest) of
-  ``oversample_ratio x num_points`` random candidates, the rest uniform random; predictions and
-  targets are bilinearly sampled at the same normalised points. This is cheaper for large grids and
-  spends the budget on boundaries, and targets keep their full resolution (no resize at all).
-
-Normalisation: the pixel (or point) loss is averaged per mask, then summed over matched masks and
+Normalisation: the pixel loss is averaged per mask, then summed over matched masks and
 divided by ``num_boxes`` (not over one image axis only). Dice:
 ``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)`` per mask, summed / ``num_boxes``. Box-only instances
 (``has_mask`` False in the target: no usable segmentation, :mod:`rfdetr.coco_masks`) stay matched,
@@ -30,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rfdetr.models.criterion import SetCriterion, matched_query_index
-from rfdetr.models.mask_geometry import sample_logits, valid_cells, valid_fractions
+from rfdetr.models.mask_geometry import valid_cells, valid_fractions
 from rfdetr.models.matcher import ImageMatch
 from rfdetr.models.seg_head import matched_mask_logits
 
@@ -50,13 +43,6 @@ def matches_with_masks(targets: Sequence[dict], indices: Sequence[ImageMatch]) -
     return kept
 
 
-def sample_targets(masks: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Samples ``[n, P]`` of one image's target masks ``[n, h, w]`` at normalised ``points [n, P, 2]``."""
-    grid = (points * 2 - 1)[:, :, None].to(torch.float32)
-    sampled = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="border", align_corners=False)
-    return sampled[:, 0, :, 0]
-
-
 def dense_pair(logits: torch.Tensor, masks: torch.Tensor, fraction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One image's ``(predictions [n, ch * cw], targets [n, ch * cw])`` on the cells overlapping its valid region.
 
@@ -74,39 +60,9 @@ def dense_pair(logits: torch.Tensor, masks: torch.Tensor, fraction: torch.Tensor
     return logits[:, :rows, :cols].flatten(1), targets.flatten(1)
 
 
-def sample_points(logits: torch.Tensor, fractions: torch.Tensor, num_points: int, oversample_ratio: float,
-                  importance_sample_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """PointRend training points ``[N, num_points, 2]`` in normalised image coordinates.
-
-    ``importance_sample_ratio * num_points`` of them are the most uncertain (smallest |logit|, on the
-    detached prediction) of ``oversample_ratio * num_points`` uniform candidates; the rest are uniform.
-    """
-    count, device = logits.shape[0], logits.device
-    num_important = int(importance_sample_ratio * num_points)
-    points = [torch.rand(count, num_points - num_important, 2, device=device, generator=generator)]
-    if num_important > 0:
-        num_candidates = max(int(oversample_ratio * num_points), num_important)
-        candidates = torch.rand(count, num_candidates, 2, device=device, generator=generator)
-        with torch.no_grad():
-            uncertainty = -sample_logits(logits.detach(), candidates, fractions).abs()
-        chosen = uncertainty.topk(num_important, dim=1).indices
-        points.insert(0, torch.gather(candidates, 1, chosen[..., None].expand(-1, -1, 2)))
-    return torch.cat(points, dim=1)
-
-
 def sigmoid_ce_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean sigmoid cross-entropy per mask: ``[n, K]`` logits and (soft) targets -> ``[n]``."""
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
-
-
-def sigmoid_focal_per_mask(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                           gamma: float = 2.0) -> torch.Tensor:
-    """Mean sigmoid focal loss per mask (RetinaNet form, ``alpha``-weighted positives) -> ``[n]``."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * ce * (1 - p_t) ** gamma).mean(1)
 
 
 def dice_per_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -123,27 +79,8 @@ class MaskLoss:
     A ``DETRsegm``'s masks come from the outputs' ``mask_context`` through the mask head of the model
     that ran, which the criterion passes with each call (``model.predict_masks``): the loss holds no
     model, and the EMA copy's outputs are scored with the EMA's head. A built-in head's come with the
-    outputs (:meth:`__call__`). num_points: ``None`` compares whole masks
-    on the prediction grid, an int samples that many points per mask (module docstring). focal:
-    sigmoid focal loss (``focal_alpha``, ``focal_gamma``) instead of BCE for ``loss_mask``. generator:
-    the RNG of the point sampling (on the predictions' device), default the global one.
+    outputs (:meth:`__call__`).
     """
-
-    def __init__(self, *, num_points: int | None = None, focal: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, oversample_ratio: float = 3.0,
-                 importance_sample_ratio: float = 0.75, generator: torch.Generator | None = None):
-        if num_points is not None and num_points < 1:
-            raise ValueError(f"num_points must be None or >= 1, got {num_points}")
-        if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
-            raise ValueError("need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
-                             f"{oversample_ratio} and {importance_sample_ratio}")
-        self.num_points = num_points
-        self.focal = focal
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
-        self.generator = generator
 
     def __call__(self, outputs: dict, targets: Sequence[dict], indices: Sequence[ImageMatch],
                  num_boxes: float, log: bool = True, model: Any = None) -> dict[str, torch.Tensor]:
@@ -173,46 +110,21 @@ class MaskLoss:
                 raise KeyError(f"target {position} has no 'masks' (build the dataset with masks=True)")
         logits = _matched_logits(outputs, source, model, batch_index, query_index).float()
         fractions = _canvas_fractions(outputs, source, targets)
-        if self.num_points is None:
-            predictions, target_values = self._dense(logits, targets, indices, fractions)
-        else:
-            predictions, target_values = self._points(logits, targets, indices, fractions[batch_index])
-        mask_terms = torch.cat([self._mask_term(p, t) for p, t in zip(predictions, target_values)])
-        dice_terms = torch.cat([dice_per_mask(p, t) for p, t in zip(predictions, target_values)])
-        return {"loss_mask": mask_terms.sum() / num_boxes, "loss_dice": dice_terms.sum() / num_boxes}
-
-    def _mask_term(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if self.focal:
-            return sigmoid_focal_per_mask(logits, targets, self.focal_alpha, self.focal_gamma)
-        return sigmoid_ce_per_mask(logits, targets)
-
-    @staticmethod
-    def _matched_masks(targets: Sequence[dict], indices: Sequence[ImageMatch], device: torch.device):
-        """(image, its matched target masks in match order) for images with at least one match."""
-        for image, (target, (queries, target_index)) in enumerate(zip(targets, indices)):
-            if len(queries):
-                yield image, target["masks"].to(device)[target_index.to(device)]
-
-    def _dense(self, logits: torch.Tensor, targets: Sequence[dict], indices: Sequence[ImageMatch],
-               fractions: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        predictions, target_values, start = [], [], 0
-        for image, masks in self._matched_masks(targets, indices, logits.device):
+        mask_terms, dice_terms, start = [], [], 0
+        for image, masks in _matched_target_masks(targets, indices, logits.device):
             prediction, target = dense_pair(logits[start:start + len(masks)], masks, fractions[image])
-            predictions.append(prediction)
-            target_values.append(target)
+            mask_terms.append(sigmoid_ce_per_mask(prediction, target))
+            dice_terms.append(dice_per_mask(prediction, target))
             start += len(masks)
-        return predictions, target_values
+        return {"loss_mask": torch.cat(mask_terms).sum() / num_boxes,
+                "loss_dice": torch.cat(dice_terms).sum() / num_boxes}
 
-    def _points(self, logits: torch.Tensor, targets: Sequence[dict], indices: Sequence[ImageMatch],
-                fractions: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        points = sample_points(logits, fractions, self.num_points, self.oversample_ratio,
-                               self.importance_sample_ratio, self.generator)
-        predictions = sample_logits(logits, points, fractions)
-        target_values, start = [], 0
-        for _, masks in self._matched_masks(targets, indices, logits.device):
-            target_values.append(sample_targets(masks, points[start:start + len(masks)]))
-            start += len(masks)
-        return [predictions], [torch.cat(target_values)]
+
+def _matched_target_masks(targets: Sequence[dict], indices: Sequence[ImageMatch], device: torch.device):
+    """(image, its matched target masks in match order) for images with at least one match."""
+    for image, (target, (queries, target_index)) in enumerate(zip(targets, indices)):
+        if len(queries):
+            yield image, target["masks"].to(device)[target_index.to(device)]
 
 
 def _mask_source(outputs: dict) -> str | None:
@@ -261,13 +173,12 @@ def _canvas_fractions(outputs: dict, source: str, targets: Sequence[dict]) -> to
 
 
 def add_mask_losses(criterion: SetCriterion, mask_loss_coef: float, dice_loss_coef: float, *,
-                    suffixes: Sequence[str] = (), num_points: int | None = None, focal: bool = False,
-                    **options: Any) -> MaskLoss:
+                    suffixes: Sequence[str] = ()) -> MaskLoss:
     """Register the ``"masks"`` term on ``criterion`` with weights ``{"loss_mask": mask_loss_coef,
     "loss_dice": dice_loss_coef}`` for the last decoder layer and for each output set of ``suffixes``
     (``"_0"``, ...: the earlier layers of a head that masks every layer; a ``DETRsegm`` masks the last
-    layer only). ``options`` go to :class:`MaskLoss`. Returns the term."""
-    term = MaskLoss(num_points=num_points, focal=focal, **options)
+    layer only). Returns the term."""
+    term = MaskLoss()
     weights = {"loss_mask": mask_loss_coef, "loss_dice": dice_loss_coef}
     criterion.register_loss("masks", term, {key + suffix: value for suffix in ("", *suffixes)
                                             for key, value in weights.items()})
