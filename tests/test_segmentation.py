@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
 from rfdetr.models.mask_heads import MaskHeadNano, MaskHeadSmallConv, MHAttentionMap, box_coverage
-from rfdetr.models.segmentation import DETRsegm, MaskContext, build_segmentation_model
+from rfdetr.models.segmentation import DETRsegm, MaskContext
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
 from rfdetr.util.weight_fill import fill_model_
 
@@ -79,7 +79,7 @@ def test_every_size_builds_both_heads_and_predicts_masks(size):
     detector = build_detector(config).eval()
     side = 2 * config.block_size
     for head in ("small", "nano"):
-        model = build_segmentation_model(config, detector, freeze_detr=True, mask_head=head)
+        model = DETRsegm(detector, freeze_detr=True, mask_head=head)
         model.mask_chunk = 2  # 3 queries -> two chunks
         with torch.no_grad():
             out = model(images(batch=2, side=side))
@@ -279,5 +279,3 @@ def test_chunking_empty_requests_and_invalid_arguments():
         model.predict_masks(context, torch.tensor([0, 1]), torch.tensor([0]))
     with pytest.raises(ValueError, match="mask_head"):
         DETRsegm(filled_nano(), mask_head="tiny")
-    with pytest.raises(ValueError, match="hidden_dim"):
-        build_segmentation_model(model_config("large"), filled_nano(), freeze_detr=True, mask_head="nano")

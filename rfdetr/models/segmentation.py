@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rfdetr.config import ModelConfig
-from rfdetr.models.lwdetr import LWDETR, build_detector
+from rfdetr.models.lwdetr import LWDETR
 from rfdetr.models.mask_geometry import valid_fractions
 from rfdetr.models.mask_heads import MASK_HEADS, ImageStem, MHAttentionMap
 from rfdetr.util.nested_tensor import NestedTensor, nested_tensor_from_images
@@ -171,13 +171,3 @@ class DETRsegm(nn.Module):
             attention = self.bbox_attention.attend(queries[chunk], keys, context.memory_mask, batch_index[chunk])
             logits.append(self.mask_head(attention, prepared, batch_index[chunk], boxes[chunk], fractions[chunk]))
         return torch.cat(logits)
-
-
-def build_segmentation_model(config: ModelConfig, detector: LWDETR | None = None, *, freeze_detr: bool,
-                             mask_head: str) -> DETRsegm:
-    """Wrap ``detector`` (default: a new one of ``config``'s geometry) in a :class:`DETRsegm`."""
-    if detector is None:
-        detector = build_detector(config)
-    elif detector.transformer.d_model != config.hidden_dim:
-        raise ValueError(f"detector hidden_dim {detector.transformer.d_model} != config {config.hidden_dim}")
-    return DETRsegm(detector, freeze_detr=freeze_detr, mask_head=mask_head)
