@@ -93,7 +93,7 @@ VARIANTS = {"stem": mask_heads.ImageStem, "no-stem": ZeroStem, "upsampled-memory
 def quick_config(args: argparse.Namespace, data: Path, output: Path, epochs: int, seed: int) -> TrainConfig:
     return TrainConfig(dataset_dir=str(data), output_dir=str(output), epochs=epochs, lr=1e-3, lr_encoder=1e-3,
                        batch_size=4, grad_accum_steps=1, resolution=args.resolution, multi_scale=False,
-                       num_workers=0, use_ema=False, run_test=False, tensorboard=False, progress_bar=False,
+                       num_workers=0, use_ema=False, run_test=False, tensorboard=False, progress="none",
                        device="cpu", seed=seed)
 
 

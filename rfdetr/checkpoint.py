@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from rfdetr.classes import COCO_CATEGORIES, COCO_NUM_ROWS, ClassTable, upstream_class_table
-from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig
+from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig, TrainConfig
 from rfdetr.upstream import (
     UpstreamFileError,
     drop_weightless_buffers,
@@ -236,7 +236,7 @@ def stored_run_config(checkpoint: Mapping, source: str = "the checkpoint") -> Ru
     if isinstance(checkpoint.get("run"), Mapping):
         run = dict(checkpoint["run"])
         model = {k: v for k, v in run["model"].items() if k not in RETIRED_MODEL_FIELDS}
-        return RunConfig.model_validate({**run, "model": model})
+        return RunConfig.model_validate({**run, "model": model, "train": TrainConfig.from_stored(run["train"])})
     if not isinstance(checkpoint.get("config"), Mapping) or not isinstance(checkpoint.get("train_config"), Mapping):
         raise CheckpointError(f"{source} does not describe a training run (no stored run config): resume from the "
                               "checkpoint.pth of a run folder, or start a new run from this file")
@@ -245,7 +245,7 @@ def stored_run_config(checkpoint: Mapping, source: str = "the checkpoint") -> Ru
         masks = {k: v for k, v in masks.items() if k in MaskConfig.model_fields}
     stage = "detector" if masks is None else ("masks" if masks.get("frozen_detector", True) else "joint")
     return RunConfig(stage=stage, model=ModelConfig.from_stored(checkpoint["config"]),
-                     train=checkpoint["train_config"], mask=masks)
+                     train=TrainConfig.from_stored(checkpoint["train_config"]), mask=masks)
 
 
 @dataclass

@@ -12,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -299,9 +299,16 @@ class TrainConfig(BaseModel):
     resume: str | None = None
     max_steps_per_epoch: int | None = Field(None, ge=1)  # cap for quick runs and tests
     plots: bool = True  # results.png every epoch; val_predictions.jpg and confusion_matrix.png at the end
-    progress_bar: bool = True  # False: no progress output at all (progress "none")
     # "auto": a bar on a terminal, else a line every ~30 s and one per epoch; "bar", "line", "none"
     progress: Literal["auto", "bar", "line", "none"] = "auto"
+
+    @classmethod
+    def from_stored(cls, stored: Mapping[str, Any]) -> "TrainConfig":
+        """A config saved in a checkpoint; ``progress_bar: false`` of earlier versions is ``progress: "none"``."""
+        fields = dict(stored)
+        if fields.pop("progress_bar", True) is False:
+            fields["progress"] = "none"
+        return cls(**fields)
 
 
 # The size a training script builds when --size is not given (stage 2 takes its detector's).

@@ -27,7 +27,7 @@ def main(dataset_dir: str, output_dir: str) -> None:
     torch.manual_seed(0)
     model = build_detector(config)
     train = TrainConfig(dataset_dir=dataset_dir, output_dir=output_dir, epochs=1, batch_size=1, grad_accum_steps=2,
-                        resolution=256, multi_scale=False, num_workers=0, progress_bar=False, device="cpu",
+                        resolution=256, multi_scale=False, num_workers=0, progress="none", device="cpu",
                         use_ema=False, run_test=False)
     trainer = Trainer(model, RunConfig(stage="detector", model=config, train=train), classes)
     trainer.fit()

@@ -6,7 +6,7 @@ import pydantic
 import pytest
 from conftest import reference_configs
 
-from rfdetr.config import SIZES, model_config
+from rfdetr.config import SIZES, TrainConfig, model_config
 
 GEOMETRY_FIELDS = [
     "encoder", "hidden_dim", "patch_size", "num_windows", "dec_layers", "sa_nheads", "ca_nheads", "dec_n_points",
@@ -41,3 +41,15 @@ def test_assignment_is_validated_too():
     config = model_config("small")
     with pytest.raises(pydantic.ValidationError):
         config.resolution = 100
+
+
+def test_a_stored_run_of_an_earlier_version_reads_its_retired_train_fields():
+    from rfdetr.checkpoint import stored_run_config
+
+    train = {**TrainConfig(dataset_dir="data").model_dump(), "progress_bar": False}
+    run = {"stage": "detector", "model": model_config("nano").model_dump(), "train": train}
+    assert stored_run_config({"run": run}).train.progress == "none"
+    quiet = stored_run_config({"config": model_config("nano").model_dump(), "train_config": train})
+    assert quiet.train.progress == "none"
+    shown = stored_run_config({"run": {**run, "train": {**train, "progress_bar": True}}})
+    assert shown.train.progress == "auto"

@@ -130,7 +130,7 @@ def _data(tmp_path):
 def _trainer(data, output_dir, **overrides) -> Trainer:
     config = model_config("nano", num_classes=dataset_classes(data).num_rows - 1, num_queries=20, group_detr=2)
     train = TrainConfig(dataset_dir=str(data), output_dir=str(output_dir), epochs=1, batch_size=2, resolution=128,
-                        multi_scale=False, num_workers=0, progress_bar=False, use_ema=False, device="cpu",
+                        multi_scale=False, num_workers=0, progress="none", use_ema=False, device="cpu",
                         **overrides)
     return Trainer(build_detector(config), RunConfig(stage="detector", model=config, train=train),
                    dataset_classes(data))

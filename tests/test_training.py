@@ -26,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 # A small, fast geometry: nano with fewer queries and groups at 256 px (16 x 16 = 256 tokens >= 50 queries).
 TINY_MODEL = dict(num_queries=50, group_detr=2)
 TINY_TRAIN = dict(epochs=2, batch_size=2, grad_accum_steps=1, resolution=256, multi_scale=False, num_workers=0,
-                  progress_bar=False, max_steps_per_epoch=2, use_ema=True, ema_tau=0, device="cpu")
+                  progress="none", max_steps_per_epoch=2, use_ema=True, ema_tau=0, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ class Trainer:
         self.classes = classes
         self.device = resolve_device(config.device)
         self.autocast, self.scaler = autocast_for(self.device, config.precision, config.amp)
-        self.progress = resolve_mode(config.progress if config.progress_bar else "none")
+        self.progress = resolve_mode(config.progress)
         self.distributed = dist.init_distributed(self.device)
         self.output_dir = Path(config.output_dir)
         self.resolution = config.resolution or run.model.resolution
