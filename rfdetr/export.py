@@ -220,16 +220,16 @@ class ONNXDetector:
         outputs = {name: torch.from_numpy(np.concatenate(values))[:len(batch)]
                    for name, values in zip(names, collected)}
         detector_outputs = {"pred_boxes": outputs["boxes"], "pred_logits": outputs["logits"]}
-        results = self.postprocess(detector_outputs, sizes, class_rows=self.classes.class_rows)
+        results, queries = self.postprocess.select(detector_outputs, sizes, class_rows=self.classes.class_rows)
         if "masks" in outputs:
-            results = self._with_masks(results, outputs, sizes, threshold)
+            results = self._with_masks(results, queries, outputs, sizes, threshold)
         detections = to_detections(results, threshold, self.classes)
         return detections if is_list else detections[0]
 
-    def _with_masks(self, results: list[dict], outputs: dict, sizes: torch.Tensor, threshold: float) -> list[dict]:
-        from rfdetr.models.mask_postprocess import paste_masks, top_queries
+    def _with_masks(self, results: list[dict], queries: torch.Tensor, outputs: dict, sizes: torch.Tensor,
+                    threshold: float) -> list[dict]:
+        from rfdetr.models.mask_postprocess import paste_masks
 
-        queries = top_queries(outputs["logits"], self.postprocess.num_select, self.classes.class_rows)
         kept = []
         for image, result in enumerate(results):
             count = int((result["scores"] > threshold).sum())  # scores are sorted

@@ -6,8 +6,8 @@ import pytest
 import torch
 from fake_masks import FakeContext, FakeMaskModel, Render, fractions_of
 
-from rfdetr.models.mask_postprocess import PostProcessMasks, paste_masks, top_queries
-from rfdetr.models.postprocess import PostProcess
+from rfdetr.models.mask_postprocess import PostProcessMasks, paste_masks
+from rfdetr.models.postprocess import PostProcess, select_top
 from rfdetr.util.nested_tensor import nested_tensor_from_images
 
 SIZES = [(64, 64), (32, 48)]  # transformed sizes; the batch canvas is 64 x 64, its mask grid 16 x 16
@@ -70,7 +70,7 @@ def test_only_the_top_max_masks_are_predicted_once_per_query():
     results = PostProcessMasks(num_select=50, max_masks=5)(outputs, ORIGINAL_SIZES, model=model)
     assert len(model.requests) == 1
     requested = model.requests[0]
-    expected_queries = top_queries(outputs["pred_logits"], 50)[:, :5]
+    expected_queries = select_top(outputs["pred_logits"], 50)[1][:, :5]
     for image, result in enumerate(results):
         asked = [q for b, q in requested if b == image]
         assert sorted(asked) == sorted(set(expected_queries[image].tolist())) and len(asked) == 4

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfdetr.models.mask_postprocess import top_queries
 from rfdetr.models.postprocess import PostProcess
 
 
@@ -38,8 +37,7 @@ class PostProcessDenseMasks(nn.Module):
         """``model``: accepted for :class:`~rfdetr.models.mask_postprocess.PostProcessMasks`'s signature; the masks
         are already in ``outputs``."""
         rows = None if class_rows is None else list(class_rows)
-        results = self.boxes(outputs, target_sizes, class_rows=rows)
-        queries = top_queries(outputs["pred_logits"], self.num_select, rows)
+        results, queries = self.boxes.select(outputs, target_sizes, rows)
         kept = []
         for image, (result, image_queries) in enumerate(zip(results, queries)):
             keep = len(image_queries)

@@ -25,20 +25,6 @@ from rfdetr.models.mask_geometry import canvas_grid, valid_fractions
 from rfdetr.models.postprocess import PostProcess
 
 
-def top_queries(logits: torch.Tensor, num_select: int, class_rows: Sequence[int] | None = None) -> torch.Tensor:
-    """``[B, K]`` query index of each detection of :class:`PostProcess` (same top-k, same order).
-
-    Top-``num_select`` of ``sigmoid(logits)`` over flattened (query, row) pairs (only ``class_rows``
-    when given); the query of flat index ``f`` is ``f // rows``.
-    """
-    if class_rows is not None:
-        logits = logits.index_select(-1, torch.as_tensor(list(class_rows), dtype=torch.long, device=logits.device))
-    batch, _, rows = logits.shape
-    flat_scores = logits.sigmoid().view(batch, -1)
-    _, flat_index = torch.topk(flat_scores, min(num_select, flat_scores.shape[1]), dim=1)
-    return flat_index // rows
-
-
 def paste_masks(logits: torch.Tensor, fraction: torch.Tensor, size: Sequence[int], threshold: float = 0.0,
                 chunk_size: int = 16) -> torch.Tensor:
     """One image's canvas logits ``[n, Hm, Wm]`` -> bool masks ``[n, H, W]`` at ``size`` = (H, W).
@@ -89,8 +75,7 @@ class PostProcessMasks(nn.Module):
     def forward(self, outputs: dict, target_sizes: torch.Tensor, class_rows: Sequence[int] | None = None,
                 score_threshold: float | None = None, *, model: nn.Module) -> list[dict[str, torch.Tensor]]:
         context = outputs["mask_context"]
-        results = self.boxes(outputs, target_sizes, class_rows=None if class_rows is None else list(class_rows))
-        queries = top_queries(outputs["pred_logits"], self.num_select, class_rows)
+        results, queries = self.boxes.select(outputs, target_sizes, None if class_rows is None else list(class_rows))
         kept, pairs = [], []
         for result, image_queries in zip(results, queries):
             keep = len(image_queries) if self.max_masks is None else min(self.max_masks, len(image_queries))
