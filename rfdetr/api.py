@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 
-from rfdetr.checkpoint import read_checkpoint
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.loading import load_model
@@ -130,19 +128,18 @@ class RFDETR:
         classes = dataset_classes(config.dataset_dir, "train")
         if self.masks:
             check_segmentation(config.dataset_dir)
-        stage = "detector" if not self.masks else "masks" if self.mask_config.frozen_detector else "joint"
         if config.device:
             self.device = resolve_device(config.device)
             self._autocast = inference_autocast(self.dtype, self.device)
         if classes != self.classes:  # a frozen detector must already know every class of the dataset
+            frozen = self.mask_config is not None and self.mask_config.frozen_detector
             self._load(**{**self._load_arguments, "class_names": classes, "num_classes": None,
-                          "require_trained_heads": stage == "masks"})
-        trainer = build_trainer(RunConfig(stage=stage, model=self.config, train=config, mask=self.mask_config),
-                                self.model, self.classes)
+                          "require_trained_heads": frozen})
+        trainer = build_trainer(RunConfig(model=self.config, train=config, mask=self.mask_config), self.model,
+                                self.classes)
         result = trainer.fit()
-        best = Path(config.output_dir) / "checkpoint_best_total.pth"
-        if best.is_file():
-            self.model.load_state_dict(read_checkpoint(best)["model"])
+        if result.best_weights is not None:
+            self.model.load_state_dict(result.best_weights)
         self.config = trainer.model_config
         # The weights are this package's now: predict prepares images and boxes its own way.
         self.style = PredictStyle()

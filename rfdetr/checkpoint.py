@@ -243,8 +243,7 @@ def stored_run_config(checkpoint: Mapping, source: str = "the checkpoint") -> Ru
     masks = checkpoint.get("masks") or None
     if masks is not None:
         masks = {k: v for k, v in masks.items() if k in MaskConfig.model_fields}
-    stage = "detector" if masks is None else ("masks" if masks.get("frozen_detector", True) else "joint")
-    return RunConfig(stage=stage, model=ModelConfig.from_stored(checkpoint["config"]),
+    return RunConfig(model=ModelConfig.from_stored(checkpoint["config"]),
                      train=TrainConfig.from_stored(checkpoint["train_config"]), mask=masks)
 
 

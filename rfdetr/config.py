@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator, model_validator
 
 SizeName = Literal["nano", "small", "medium", "base", "large", "seg-preview", "seg-nano", "seg-small", "seg-medium",
                    "seg-large", "seg-xlarge", "seg-2xlarge"]
@@ -352,24 +352,39 @@ def mask_config(size: str, *, built_in: bool = False, **overrides) -> MaskConfig
 class RunConfig(BaseModel):
     """Everything that describes a training run; every checkpoint stores it, ``--resume RUN_DIR`` reads it.
 
-    stage: ``"detector"`` (stage 1), ``"masks"`` (stage 2: a mask head on the frozen detector) or
-    ``"joint"`` (single stage: detector and mask head together); ``mask`` is set for the last two.
+    The stage follows from ``mask`` (:attr:`stage`): none -> ``"detector"`` (stage 1); a mask head on
+    the frozen detector -> ``"masks"`` (stage 2); detector and mask head together -> ``"joint"``
+    (single stage). A ``stage`` given (or stored) beside them must agree.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    stage: StageName
     model: ModelConfig
     train: TrainConfig
     mask: MaskConfig | None = None
 
+    @computed_field
+    @property
+    def stage(self) -> StageName:
+        if self.mask is None:
+            return "detector"
+        return "masks" if self.mask.frozen_detector else "joint"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stated_stage_agrees(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or "stage" not in data:
+            return data
+        fields = dict(data)
+        stated, mask = fields.pop("stage"), fields.get("mask")
+        frozen = mask.frozen_detector if isinstance(mask, MaskConfig) else (mask or {}).get("frozen_detector", True)
+        derived = "detector" if mask is None else "masks" if frozen else "joint"
+        if stated != derived:
+            raise ValueError(f"stage {stated!r} does not match the mask config (which makes it {derived!r})")
+        return fields
+
     @model_validator(mode="after")
-    def _stage_and_mask_agree(self) -> "RunConfig":
-        if (self.stage == "detector") != (self.mask is None):
-            needs = "takes no" if self.stage == "detector" else "needs a"
-            raise ValueError(f"stage {self.stage!r} {needs} mask config")
-        if self.mask is not None and self.mask.frozen_detector != (self.stage == "masks"):
-            raise ValueError(f"stage {self.stage!r} does not match frozen_detector={self.mask.frozen_detector}")
+    def _mask_fits_the_model(self) -> "RunConfig":
         if self.mask is None and self.model.segmentation_head:
             raise ValueError(f"a {self.model.size} model has a built-in mask head: training it as a detector "
                              "would leave its masks stale; train it with its masks (stage 'joint')")

@@ -53,3 +53,16 @@ def test_a_stored_run_of_an_earlier_version_reads_its_retired_train_fields():
     assert quiet.train.progress == "none"
     shown = stored_run_config({"run": {**run, "train": {**train, "progress_bar": True}}})
     assert shown.train.progress == "auto"
+
+
+def test_the_stage_follows_from_the_mask_config():
+    from rfdetr.config import RunConfig, mask_config
+
+    model, train = model_config("nano"), TrainConfig(dataset_dir="data")
+    stages = {RunConfig(model=model, train=train, mask=mask).stage: mask
+              for mask in (None, mask_config("nano"), mask_config("nano", frozen_detector=False))}
+    assert list(stages) == ["detector", "masks", "joint"]
+    stored = RunConfig(model=model, train=train, mask=stages["masks"]).model_dump()
+    assert stored["stage"] == "masks" and RunConfig.model_validate(stored).stage == "masks"
+    with pytest.raises(pydantic.ValidationError, match="does not match the mask config"):
+        RunConfig.model_validate({**stored, "stage": "joint"})

@@ -125,6 +125,10 @@ def test_run_writes_self_describing_checkpoints_and_logs(finished_run, tiny_data
     assert resumable["epoch"] == 1 and resumable["classes"] == dataset_classes(tiny_dataset).to_dict()
     total = read_checkpoint(output / "checkpoint_best_total.pth")
     assert "optimizer" not in total and "test_metrics" in total
+    # fit() hands back the best weights it wrote: nobody reads them back from disk
+    assert result.best_weights.keys() == total["model"].keys()
+    assert all(torch.equal(result.best_weights[k], v) for k, v in total["model"].items())
+    assert resumable["run"]["stage"] == "detector" and "stage" not in RunConfig.model_fields
     results = json.loads((output / "results.json").read_text())
     assert results["epoch"] == result.best_epoch and "class_map" in results
 

@@ -66,7 +66,7 @@ def start_run(stage: StageName, size: str | None, train: TrainConfig, *, weights
         train = train.model_copy(update={"output_dir": default_run_dir(stage, loaded.config.size, resolution)})
     mask = None if stage == "detector" else mask_config(loaded.config.size, built_in=loaded.config.segmentation_head,
                                                         frozen_detector=stage == "masks", **dict(mask_options or {}))
-    run = RunConfig(stage=stage, model=loaded.config, train=train, mask=mask)
+    run = RunConfig(model=loaded.config, train=train, mask=mask)
     model = _with_mask_head(loaded.model, run)  # a new mask head is seeded too (above)
     return build_trainer(run, model, classes)
 

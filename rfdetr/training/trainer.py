@@ -67,6 +67,7 @@ class TrainResult:
     best_metric: float
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
+    best_weights: dict | None = None  # the state dict of checkpoint_best_total.pth (None: no epoch finished)
 
 
 def seed_everything(seed: int) -> None:
@@ -84,7 +85,7 @@ class Trainer:
         criterion of the run (mask runs pass theirs, see :mod:`rfdetr.training.stages`)."""
         config = run.train
         self.config = config
-        self.masks = run.stage != "detector"
+        self.masks = run.mask is not None
         self.select_on = "segm" if self.masks else "bbox"
         self.classes = classes
         self.device = resolve_device(config.device)
@@ -194,11 +195,12 @@ class Trainer:
             # CPU steps free and re-allocate the same large buffers: keep them in the heap (rfdetr.util.heap)
             with retained_heap(self.device.type == "cpu"):
                 stopped_early = self._train_epochs(reporter)
-                self._finish()
+                best_weights = self._finish()
         finally:
             reporter.close()
         kind = max(self.best, key=self.best.get)
-        return TrainResult(self.output_dir, self.best_epoch[kind], self.best[kind], self.history, stopped_early)
+        return TrainResult(self.output_dir, self.best_epoch[kind], self.best[kind], self.history, stopped_early,
+                           best_weights)
 
     def _train_epochs(self, reporter: RunReporter) -> bool:
         """Epochs from ``start_epoch`` to the end, or until early stopping (then ``True``)."""
@@ -355,15 +357,16 @@ class Trainer:
         self.start_epoch = int(checkpoint["epoch"]) + 1
         logger.info("resumed from %s at epoch %d", path, self.start_epoch)
 
-    def _finish(self) -> None:
-        """checkpoint_best_total.pth, the test split on it, and results.json of the best epoch."""
+    def _finish(self) -> dict | None:
+        """checkpoint_best_total.pth, the test split on it, and results.json of the best epoch; returns
+        the best weights (``None`` when no epoch finished)."""
         from rfdetr.metrics import results_json
 
         dist.barrier()
         kind = "ema" if self.best["ema"] > self.best["regular"] else "regular"
         source = self.output_dir / f"checkpoint_best_{kind}.pth"
         if self.best_epoch[kind] is None:
-            return
+            return None
         best = dist.broadcast_object(read_checkpoint(source) if dist.is_main_process() else None)
         kept = ("model", "config", "classes", "rfdetr_version", "epoch", "metrics", "run", "masks")
         total = {k: best[k] for k in kept if k in best}
@@ -382,3 +385,4 @@ class Trainer:
                                    epoch=self.best_epoch[kind])
             summary.update(best_weights=kind, selection_metric=f"{self.select_on}_AP")
             (self.output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+        return best["model"]
