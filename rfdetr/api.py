@@ -108,6 +108,23 @@ class RFDETR:
         detections = to_detections(results, threshold, self.classes)
         return detections if is_list else detections[0]
 
+    def predict_video(self, path: str | os.PathLike, threshold: float = 0.5, *, every: int = 1, track: bool = False):
+        """Detect objects in a video file, frame by frame; a generator of :class:`rfdetr.video.VideoFrame`.
+
+        Each item has ``index``, ``time`` (seconds), ``image`` (the frame, ``H x W x 3`` uint8 RGB) and
+        ``detections`` (as :meth:`predict` returns them; masks for a mask model). Frames are decoded one at
+        a time. ``every``: only frames 0, ``every``, 2 ``every``, ... ; ``track``: ByteTrack ids in
+        ``detections.tracker_id`` (the tracker belongs to this call, so one model serves many videos and
+        threads). A video that cannot be read to its end raises :class:`rfdetr.video.VideoError` naming
+        the file, after the frames before the fault::
+
+            for frame in model.predict_video("clip.mp4", threshold=0.4, track=True):
+                print(frame.index, frame.time, frame.detections.tracker_id)
+        """
+        from rfdetr.video import predict_frames
+
+        return predict_frames(self, path, threshold, every=every, track=track)
+
     def train(self, **train_kwargs: Any):
         """Fine-tune on a COCO-format dataset; keyword arguments are :class:`~rfdetr.config.TrainConfig` fields.
 

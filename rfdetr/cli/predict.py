@@ -11,18 +11,25 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PREDICT_DOC = """Detect (and segment, for a mask checkpoint) objects in images; write annotated copies and a
-COCO results file.
+PREDICT_DOC = """Detect (and segment, for a mask checkpoint) objects in images and videos; write annotated copies,
+a COCO results file for the images and a JSON-lines file per video.
 
     rfdetr predict runs/detector_nano_384_1/checkpoint_best_total.pth photos/ --out predictions
     rfdetr predict model.pth a.jpg b.png "more/*.jpg" --threshold 0.3
     rfdetr predict export/inference_model.onnx photos/          # an exported model on ONNX Runtime
+    rfdetr predict model.pth clip.mp4 --track --every 2          # a video, with ByteTrack ids
 
-SOURCE: image files, folders (their images, not recursive) or glob patterns. OUT receives one
-annotated image per input (same name, .jpg) and predictions.json: a COCO results list (image_id,
-category_id, bbox [x, y, w, h], score, and segmentation as RLE for masks). Image ids come from the
-folder's _annotations.coco.json when it lists the image (so pycocotools can score the file), else
-1, 2, ... in input order; predictions_images.json maps every id to its file.
+SOURCE: image or video files, folders (their images and videos, not recursive) or glob patterns;
+videos are told by their suffix (.mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg .wmv .flv). OUT receives
+one annotated image per input image (same name, .jpg) and predictions.json: a COCO results list
+(image_id, category_id, bbox [x, y, w, h], score, and segmentation as RLE for masks). Image ids come
+from the folder's _annotations.coco.json when it lists the image (so pycocotools can score the
+file), else 1, 2, ... in input order; predictions_images.json maps every id to its file.
+
+A video clip.mp4 gives OUT/clip.mp4 (every frame, same fps and size; frames skipped by --every are
+copied unannotated) and OUT/clip.jsonl: one line per predicted frame, {"frame", "time", "detections"}
+with the detections as in predictions.json (image_id = frame index; track_id with --track). A video
+that cannot be opened or breaks off is an error naming it; what was written before stays valid.
 """
 
 EXPORT_DOC = """Export a checkpoint to ONNX (checked against PyTorch with ONNX Runtime).
@@ -42,21 +49,28 @@ def add_size_flag(parser: argparse.ArgumentParser) -> None:
                              "default: the size the file records")
 
 
-def image_paths(sources: list[str]) -> list[Path]:
-    """The images named by ``sources`` (files, folders, globs), in order, each once; errors name a bad source."""
-    found: list[Path] = []
+def media_paths(sources: list[str]) -> tuple[list[Path], list[Path]]:
+    """``(images, videos)`` named by ``sources`` (files, folders, globs), in order, each once; errors name a bad
+    source. A file named outright is a video when its suffix is a video's, else an image."""
+    from rfdetr.video import VIDEO_SUFFIXES, is_video
+
+    images: list[Path] = []
+    videos: list[Path] = []
     for source in sources:
         path = Path(source)
-        if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
+        if path.is_file():
             matches = [path]
         else:
-            matches = sorted(Path(p) for p in glob.glob(source) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(path.iterdir()) if path.is_dir() else sorted(Path(p) for p in glob.glob(source))
+            matches = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
         if not matches:
-            raise FileNotFoundError(f"{source}: no such image, folder with images, or glob pattern matching images")
-        found += [p for p in matches if p not in found]
-    return found
+            raise FileNotFoundError(f"{source}: no such image or video, folder with images or videos, or glob "
+                                    "pattern matching them")
+        for match in matches:
+            kind = videos if is_video(match) else images
+            if match not in kind:
+                kind.append(match)
+    return images, videos
 
 
 def load_predictor(weights: str, device: str | None, dtype: str, size: str | None = None):
@@ -90,69 +104,58 @@ def coco_image_ids(paths: list[Path]) -> dict[Path, int]:
     return ids
 
 
-def coco_results(image_id: int, detections) -> list[dict]:
-    """``supervision.Detections`` of one image as COCO result entries (RLE ``segmentation`` with masks)."""
-    import numpy as np
-    from pycocotools import mask as mask_util
-
-    entries = []
-    for index, ((x0, y0, x1, y1), score, category) in enumerate(zip(
-            detections.xyxy, detections.confidence, detections.data["category_id"])):
-        entry = {"image_id": image_id, "category_id": int(category), "score": round(float(score), 5),
-                 "bbox": [round(float(v), 2) for v in (x0, y0, x1 - x0, y1 - y0)]}
-        if detections.mask is not None:
-            rle = mask_util.encode(np.asfortranarray(detections.mask[index].astype(np.uint8)))
-            entry["segmentation"] = {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
-        entries.append(entry)
-    return entries
-
-
-def annotate(image, detections, class_names: dict[int, str]):
-    """A PIL copy of ``image`` (H x W x 3 uint8) with masks, boxes and ``name score`` labels drawn by supervision."""
-    import numpy as np
-    import supervision as sv
-    from PIL import Image
-
-    canvas = image.copy() if image.dtype == np.uint8 else (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    if detections.mask is not None and len(detections):
-        canvas = sv.MaskAnnotator(opacity=0.45).annotate(canvas, detections)
-    canvas = sv.BoxAnnotator(thickness=2).annotate(canvas, detections)
-    labels = [f"{class_names.get(int(c), c)} {s:.2f}" for c, s in zip(detections.class_id, detections.confidence)]
-    canvas = sv.LabelAnnotator(text_scale=0.4, text_padding=3).annotate(canvas, detections, labels=labels)
-    return Image.fromarray(canvas)
-
-
 def predict_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rfdetr predict", description=PREDICT_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", help="a .pth checkpoint (ours or upstream's), an upstream Lightning .ckpt or an "
                                         "exported .onnx model")
-    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="images, folders or glob patterns")
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="images, videos, folders or glob patterns")
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument("--threshold", type=float, default=0.5, help="minimum score (default: 0.5)")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="inference precision of a .pth model (bfloat16 needs CUDA or a CPU with AVX-512 BF16)")
+    parser.add_argument("--every", type=int, default=1,
+                        help="videos: predict every N-th frame (default: 1, every frame)")
+    parser.add_argument("--track", action="store_true", help="videos: ByteTrack track ids in labels and records")
     add_size_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rfdetr.weights import WeightsDownloadError
 
     try:
-        paths = image_paths(args.sources)
+        if args.every < 1:
+            raise ValueError(f"--every must be at least 1, got {args.every}")
+        paths, videos = media_paths(args.sources)
         predictor = load_predictor(args.weights, args.device, args.dtype, args.size)
     except (FileNotFoundError, ValueError, WeightsDownloadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from rfdetr.images import read_image
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if paths:
+        predict_images(predictor, paths, out, args.threshold)
+    if videos:
+        from rfdetr.cli.video import predict_videos
+
+        try:
+            predict_videos(predictor, videos, out, threshold=args.threshold, every=args.every, track=args.track)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def predict_images(predictor, paths: list[Path], out: Path, threshold: float) -> None:
+    """Annotated copies, ``predictions.json`` and ``predictions_images.json`` in ``out`` (see PREDICT_DOC)."""
+    from rfdetr.cli.drawing import annotate, coco_results
+    from rfdetr.images import read_image
+
     ids = coco_image_ids(paths)
     results, names = [], {}
     for path in paths:
         image = read_image(path)
-        detections = predictor.predict(image, threshold=args.threshold)
+        detections = predictor.predict(image, threshold=threshold)
         results += coco_results(ids[path], detections)
         target = out / f"{path.stem}.jpg"
         if target.name in names.values():
@@ -165,7 +168,6 @@ def predict_main(argv: list[str] | None = None) -> int:
         [{"id": ids[p], "file_name": str(p), "annotated": names[ids[p]]} for p in paths], indent=1))
     logger.info("wrote %d annotated images and %s (%d detections)", len(paths), out / "predictions.json",
                 len(results))
-    return 0
 
 
 def export_main(argv: list[str] | None = None) -> int:
