@@ -68,7 +68,7 @@ def make_input(resolution: int, kind: str) -> torch.Tensor:
     if kind == "photo":
         from skimage.data import astronaut  # imported here: only this input kind needs it
 
-        from rfdetr.preprocess import preprocess  # ImageNet normalise + antialiased bilinear resize
+        from rfdetr.datasets.preprocess import preprocess  # ImageNet normalise + antialiased bilinear resize
 
         return preprocess(astronaut(), resolution)[None]
     return torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
@@ -246,10 +246,10 @@ def predict_worker(size: str, args: argparse.Namespace) -> dict:
     import numpy as np
 
     from rfdetr.api import RFDETR
+    from rfdetr.datasets.inputs import load_pixels
+    from rfdetr.datasets.preprocess import resize_normalize
     from rfdetr.export import ONNXDetector
     from rfdetr.inference import to_detections
-    from rfdetr.inputs import load_pixels
-    from rfdetr.preprocess import resize_normalize
 
     torch.set_num_threads(args.threads)
     wrapper = RFDETR(size, pretrain_weights=None, device="cpu")

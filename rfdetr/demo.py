@@ -31,8 +31,8 @@ from PIL import Image
 
 from rfdetr.checkpoint import read_checkpoint
 from rfdetr.config import SIZES, model_config
+from rfdetr.datasets.preprocess import preprocess
 from rfdetr.models import PostProcess, build_detector
-from rfdetr.preprocess import preprocess
 from rfdetr.util.weight_fill import fill_model_
 
 

@@ -6,7 +6,7 @@ dataset's category ids), then call :meth:`CocoEvaluator.summarize`. The metrics 
 described in :mod:`rfdetr.metrics`; :func:`results_json` builds ``results.json`` from them.
 
 ``segm`` is scored against :func:`segm_ground_truth`: instances without a usable mask (box-only,
-:mod:`rfdetr.coco_masks`) count for ``bbox`` but are ignored by ``segm``.
+:mod:`rfdetr.datasets.coco_masks`) count for ``bbox`` but are ignored by ``segm``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from rfdetr.classes import ClassTable
-from rfdetr.coco_masks import box_rle, mask_rle
+from rfdetr.datasets.coco_masks import box_rle, mask_rle
 from rfdetr.metrics import STAT_NAMES, results_json, summarize_coco_eval
 
 __all__ = ["CocoEvaluator", "detections_for_image", "results_json", "STAT_NAMES"]
@@ -150,7 +150,7 @@ class CocoEvaluator:
 def segm_ground_truth(coco_gt: COCO) -> COCO:
     """The ground truth of ``segm`` evaluation: a copy of ``coco_gt`` with every segmentation as its RLE.
 
-    An instance without a usable segmentation (:func:`rfdetr.coco_masks.mask_rle`) becomes a crowd
+    An instance without a usable segmentation (:func:`rfdetr.datasets.coco_masks.mask_rle`) becomes a crowd
     region over its box: COCOeval ignores it, so a detection on it is neither a hit nor a false
     positive (and pycocotools never sees a missing, empty or malformed segmentation).
     """

@@ -1,6 +1,6 @@
 """ONNX export of the detector and prediction with ONNX Runtime.
 
-The exported graph takes ``images [B, 3, R, R]`` (normalised, as :func:`rfdetr.preprocess.preprocess`
+The exported graph takes ``images [B, 3, R, R]`` (normalised, as :func:`rfdetr.datasets.preprocess.preprocess`
 makes them) and returns ``boxes [B, Q, 4]`` (normalised cx, cy, w, h) and ``logits [B, Q, rows]``.
 A model with a mask head also returns ``masks [B, K, R/4, R/4]`` (logits) for the ``K`` queries with
 the highest class score, and their indices ``mask_queries [B, K]``: every detection among the top
@@ -145,7 +145,7 @@ def verify_onnx(path: Path, wrapper: nn.Module, side: int, batch_size: int = 1) 
     their largest magnitude); raises above 1e-4."""
     import skimage.data
 
-    from rfdetr.preprocess import preprocess
+    from rfdetr.datasets.preprocess import preprocess
 
     images = preprocess(skimage.data.astronaut(), side)[None].repeat(batch_size, 1, 1, 1)
     with torch.no_grad():

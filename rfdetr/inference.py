@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from rfdetr.classes import ClassTable
-from rfdetr.inputs import as_image_list, load_pixels
-from rfdetr.preprocess import resize_normalize
+from rfdetr.datasets.inputs import as_image_list, load_pixels
+from rfdetr.datasets.preprocess import resize_normalize
 
 
 def check_threshold(threshold: Any) -> None:
@@ -22,7 +22,7 @@ def check_threshold(threshold: Any) -> None:
 def prepare_batch(images: Any, resolution: int, device: torch.device | str = "cpu", antialias: bool = True):
     """User images -> (normalised ``[B, 3, R, R]`` batch, ``[B, 2]`` original (h, w), whether a list was given).
 
-    ``antialias``: the resize's (see :func:`rfdetr.preprocess.resize_normalize`)."""
+    ``antialias``: the resize's (see :func:`rfdetr.datasets.preprocess.resize_normalize`)."""
     items, is_list = as_image_list(images)
     pixels = [load_pixels(item, index) for index, item in enumerate(items)]
     sizes = torch.tensor([tuple(p.shape[-2:]) for p in pixels], device=device)

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rfdetr.coco_layout import ANNOTATION_FILE, find_split_dir
+from rfdetr.datasets.coco_layout import ANNOTATION_FILE, find_split_dir
 from rfdetr.datasets.splits import dataset_format
 from rfdetr.validation_rules import (
     BOX_TOLERANCE,

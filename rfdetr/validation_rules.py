@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
 from rfdetr.classes import ClassTable
-from rfdetr.coco_masks import NO_SEGMENTATION, mask_rle
-from rfdetr.images import DECODE_ERRORS, read_image, upright_size
+from rfdetr.datasets.coco_masks import NO_SEGMENTATION, mask_rle
+from rfdetr.datasets.images import DECODE_ERRORS, read_image, upright_size
 
 # Exporters round box corners, so a box may reach this many pixels past its image without comment.
 BOX_TOLERANCE = 1.0
@@ -47,7 +47,7 @@ class SplitSummary:
     images: int
     annotations: int
     classes: int
-    segmented: int  # annotations with a usable polygon or RLE mask (rfdetr.coco_masks)
+    segmented: int  # annotations with a usable polygon or RLE mask (rfdetr.datasets.coco_masks)
 
 
 class Findings:
@@ -173,7 +173,7 @@ def _check_annotations(records: list, images: dict[int, dict], categories: dict[
                        stage: int, found: Findings, name: Callable[[dict], str]) -> tuple[dict[int, int], int]:
     """Returns ({class id: annotation count}, number of annotations with a usable mask).
 
-    Segmentations follow :mod:`rfdetr.coco_masks`, the loader's rule: one that is present but no
+    Segmentations follow :mod:`rfdetr.datasets.coco_masks`, the loader's rule: one that is present but no
     usable mask is a WARN; in stage 2 a missing one is a WARN too, and a split without any mask a FAIL.
     """
     class_counts: dict[int, int] = {}  # class id -> annotations

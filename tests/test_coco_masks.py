@@ -1,4 +1,4 @@
-"""The mask rule (rfdetr.coco_masks): which COCO segmentations are usable masks, and their RLE."""
+"""The mask rule (rfdetr.datasets.coco_masks): which COCO segmentations are usable masks, and their RLE."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from rfdetr.coco_masks import (
+from rfdetr.datasets.coco_masks import (
     MALFORMED_POLYGONS,
     MALFORMED_RLE,
     NO_IMAGE_SIZE,

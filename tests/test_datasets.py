@@ -24,8 +24,8 @@ from rfdetr.datasets import (
     train_scales,
 )
 from rfdetr.datasets import transforms as T
+from rfdetr.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfdetr.datasets.synthetic import compressed_rle, uncompressed_rle
-from rfdetr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from rfdetr.util.box_ops import box_cxcywh_to_xyxy
 
 # pycocotools (numpy 2) warns on every decode; not ours to fix.

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from rfdetr.datasets import CocoDetection
+from rfdetr.datasets.images import read_image, upright_size
+from rfdetr.datasets.inputs import load_image, load_pixels
 from rfdetr.datasets.transforms import ToTensor, eval_transforms
-from rfdetr.images import read_image, upright_size
-from rfdetr.inputs import load_image, load_pixels
 
 HEIGHT, WIDTH = 6, 8
 RGB = np.random.default_rng(0).integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)

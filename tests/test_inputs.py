@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rfdetr.inputs import as_image_list, load_image, load_pixels
+from rfdetr.datasets.inputs import as_image_list, load_image, load_pixels
 
 RGB = np.random.default_rng(0).integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
 EXPECTED = torch.from_numpy(RGB).permute(2, 0, 1).float() / 255

@@ -16,8 +16,7 @@ ROOT_SCRIPTS = {path.stem for path in PACKAGE.parent.glob("*.py")}
 # Module-name prefixes -> floor (the longest matching prefix wins).
 FLOORS = {
     "rfdetr": 0, "rfdetr.config": 0, "rfdetr.classes": 0, "rfdetr.util": 0,
-    "rfdetr.models": 1, "rfdetr.datasets": 1, "rfdetr.inputs": 1, "rfdetr.preprocess": 1, "rfdetr.images": 1,
-    "rfdetr.coco_masks": 1, "rfdetr.coco_layout": 1, "rfdetr.tracking": 1,
+    "rfdetr.models": 1, "rfdetr.datasets": 1, "rfdetr.tracking": 1,
     "rfdetr.checkpoint": 2, "rfdetr.durable": 2, "rfdetr.weights": 2, "rfdetr.surgery": 2, "rfdetr.loading": 2,
     "rfdetr.upstream": 2,
     "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.metrics": 3, "rfdetr.validation": 3,

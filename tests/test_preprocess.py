@@ -9,7 +9,7 @@ import torch
 from conftest import golden
 
 from rfdetr.config import SIZES
-from rfdetr.preprocess import normalize, preprocess, resize, resize_normalize, to_float_chw
+from rfdetr.datasets.preprocess import normalize, preprocess, resize, resize_normalize, to_float_chw
 
 
 @pytest.mark.parametrize("size", SIZES)

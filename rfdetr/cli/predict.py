@@ -149,7 +149,7 @@ def predict_main(argv: list[str] | None = None) -> int:
 def predict_images(predictor, paths: list[Path], out: Path, threshold: float) -> None:
     """Annotated copies, ``predictions.json`` and ``predictions_images.json`` in ``out`` (see PREDICT_DOC)."""
     from rfdetr.cli.drawing import annotate, coco_results
-    from rfdetr.images import read_image
+    from rfdetr.datasets.images import read_image
 
     ids = coco_image_ids(paths)
     results, names = [], {}

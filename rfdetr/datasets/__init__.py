@@ -17,7 +17,7 @@ _EXPORTS = {
     "resize_batch": "rfdetr.datasets.collate",
     "multi_scale_sizes": "rfdetr.datasets.transforms",
     "train_scales": "rfdetr.datasets.transforms",
-    "decode_segmentation": "rfdetr.coco_masks",
+    "decode_segmentation": "rfdetr.datasets.coco_masks",
     "make_synthetic_coco": "rfdetr.datasets.synthetic",
     "make_synthetic_yolo": "rfdetr.datasets.synthetic",
 }

@@ -10,7 +10,7 @@ malformed, NaN/inf or has a negative width/height with a logged warning; boxes e
 to the image silently. Images without annotations are kept. Unknown image or category ids, missing
 files and broken JSON raise errors naming the file and the id. An unreadable or truncated image raises
 ``ValueError`` naming the file when the item is loaded (it is not skipped: a silent skip would change
-the dataset). Images are read by :func:`rfdetr.images.read_image`, the reader of ``predict()``, so
+the dataset). Images are read by :func:`rfdetr.datasets.images.read_image`, the reader of ``predict()``, so
 both see the same pixels. Masks are decoded only when the dataset is built with ``masks=True``, per item.
 """
 
@@ -30,8 +30,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from rfdetr.classes import ClassTable
-from rfdetr.coco_layout import ANNOTATION_FILE
-from rfdetr.coco_masks import decode_rle, mask_rle
+from rfdetr.datasets.coco_layout import ANNOTATION_FILE
+from rfdetr.datasets.coco_masks import decode_rle, mask_rle
+from rfdetr.datasets.images import read_image
 from rfdetr.datasets.splits import (
     SplitData,
     coco_split,
@@ -41,7 +42,6 @@ from rfdetr.datasets.splits import (
     resolve_split_dir,
 )
 from rfdetr.datasets.transforms import Transform, eval_transforms, image_size, train_scales, train_transforms
-from rfdetr.images import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class CocoDetection(Dataset):
     them), ``labels`` ``[N]`` int64 (ClassTable labels), ``image_id`` int64, ``orig_size`` / ``size``
     ``[2]`` int64 (h, w), ``area`` ``[N]`` float32, ``iscrowd`` ``[N]`` int64 and, only when
     ``masks=True``, ``masks`` ``[N, H, W]`` uint8 with ``has_mask`` ``[N]`` bool (False for a
-    box-only instance, whose mask is empty: the rule of :mod:`rfdetr.coco_masks`).
+    box-only instance, whose mask is empty: the rule of :mod:`rfdetr.datasets.coco_masks`).
     """
 
     def __init__(self, split: str | Path | SplitData, transforms: Transform | None = None, *, masks: bool = False,
@@ -154,7 +154,7 @@ class CocoDetection(Dataset):
         return [int(image["id"]) for image in self._images]
 
     def load_image(self, index: int) -> Image.Image | torch.Tensor:
-        """The image read by :func:`rfdetr.images.read_image` (the pixels predict() reads from the file).
+        """The image read by :func:`rfdetr.datasets.images.read_image` (the pixels predict() reads from the file).
 
         8-bit sources as a PIL RGB image; 16-bit and float ones as a ``[3, H, W]`` float32 tensor in
         [0, 1] (the transforms take either). Unreadable or truncated files raise ``ValueError`` naming
@@ -203,7 +203,7 @@ class CocoDetection(Dataset):
     @staticmethod
     def _decode_masks(annotations: list[dict], height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``masks [N, H, W]`` uint8 and ``has_mask [N]`` bool; a box-only instance (no usable
-        segmentation, :mod:`rfdetr.coco_masks`) gets an empty mask and ``has_mask`` False."""
+        segmentation, :mod:`rfdetr.datasets.coco_masks`) gets an empty mask and ``has_mask`` False."""
         rles = [mask_rle(a.get("segmentation"), height, width)[0] for a in annotations]
         masks = [decode_rle(rle) if rle is not None else np.zeros((height, width), np.uint8) for rle in rles]
         has_mask = torch.tensor([rle is not None for rle in rles], dtype=torch.bool)

@@ -1,7 +1,7 @@
 """A dataset split as a COCO-format document, whichever format the folder is in: the one way in.
 
 - COCO (Roboflow layout): ``<dataset_dir>/<split>/_annotations.coco.json`` with the images beside
-  it (:mod:`rfdetr.coco_layout`).
+  it (:mod:`rfdetr.datasets.coco_layout`).
 - YOLO: a ``data.yaml`` / ``data.yml`` (:mod:`rfdetr.datasets.yolo_layout`); the split's labels
   are converted in memory (:mod:`rfdetr.datasets.yolo`), nothing is written into the folder.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfdetr.classes import ClassTable
-from rfdetr.coco_layout import ANNOTATION_FILE, find_split_dir
+from rfdetr.datasets.coco_layout import ANNOTATION_FILE, find_split_dir
 from rfdetr.datasets.yolo import categories, is_yolo_dataset, yolo_document, yolo_layout
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def dataset_format(dataset_dir: str | Path) -> str:
 
 
 def resolve_split_dir(dataset_dir: str | Path, split: str) -> Path:
-    """``dataset_dir/split`` of a COCO folder (``valid`` and ``val`` are one split, :mod:`rfdetr.coco_layout`)."""
+    """``dataset_dir/split`` of a COCO folder (``valid`` and ``val`` are one split: :mod:`.coco_layout`)."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise FileNotFoundError(f"dataset folder {dataset_dir} does not exist")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rfdetr.preprocess import normalize, to_float_chw
+from rfdetr.datasets.preprocess import normalize, to_float_chw
 from rfdetr.util.box_ops import box_xyxy_to_cxcywh
 
 ImageLike = Image.Image | torch.Tensor

@@ -14,7 +14,7 @@ empty label file means an image without objects. The rules, each a :class:`Label
 - WARN: an image without a label file (it trains as an image without objects).
 
 The document (:func:`yolo_document`) is what a COCO export of the same data holds: images with
-their upright width and height (:func:`rfdetr.images.upright_size`, the size training decodes),
+their upright width and height (:func:`rfdetr.datasets.images.upright_size`, the size training decodes),
 ``file_name`` relative to the dataset's root, annotations in pixels (``bbox`` ``[x, y, w, h]``;
 polygons as ``segmentation``, their box as ``bbox``) and categories with id = YOLO class index and
 the name from ``names`` (class 0 is a class like any other). The COCO rules (a box outside its
@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rfdetr.datasets.images import DECODE_ERRORS, upright_size
 from rfdetr.datasets.yolo_layout import (
     YoloFormatError,
     YoloLayout,
@@ -38,7 +39,6 @@ from rfdetr.datasets.yolo_layout import (
     list_images,
     read_layout,
 )
-from rfdetr.images import DECODE_ERRORS, upright_size
 
 FAIL, WARN = "FAIL", "WARN"
 # Exporters print rounded values: this much past [0, 1] is still inside.

@@ -14,7 +14,7 @@ The yaml is a mapping with
 Each image's label file is found by the Ultralytics rule: the last ``images`` folder of its path
 becomes ``labels`` and the suffix ``.txt``. Both ``images/train`` + ``labels/train`` (Ultralytics)
 and ``train/images`` + ``train/labels`` (Roboflow) follow from it. ``val`` and ``valid`` name one
-split, as in :mod:`rfdetr.coco_layout`. No torch here: ``validate_setup.py`` reads layouts too.
+split, as in :mod:`rfdetr.datasets.coco_layout`. No torch here: ``validate_setup.py`` reads layouts too.
 """
 
 from __future__ import annotations

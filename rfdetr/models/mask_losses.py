@@ -10,7 +10,7 @@ stride, as with square training sizes).
 Normalisation: the pixel loss is averaged per mask, then summed over matched masks and
 divided by ``num_boxes`` (not over one image axis only). Dice:
 ``1 - (2 sum(p t) + 1) / (sum p + sum t + 1)`` per mask, summed / ``num_boxes``. Box-only instances
-(``has_mask`` False in the target: no usable segmentation, :mod:`rfdetr.coco_masks`) stay matched,
+(``has_mask`` False in the target: no usable segmentation, :mod:`rfdetr.datasets.coco_masks`) stay matched,
 so no other query takes their place, but add no mask loss; the divisor stays ``num_boxes``.
 """
 

@@ -23,8 +23,8 @@ from torch import nn
 
 from rfdetr.checkpoint import read_checkpoint, stored_run_config
 from rfdetr.classes import ClassTable
-from rfdetr.coco_masks import count_masks
 from rfdetr.config import BUILT_IN_MASK_HEAD, RunConfig, StageName, TrainConfig, mask_config
+from rfdetr.datasets.coco_masks import count_masks
 from rfdetr.datasets.splits import dataset_classes, load_split
 from rfdetr.loading import load_model
 from rfdetr.models import DETRsegm, build_criterion, build_detector
@@ -118,7 +118,7 @@ def _with_mask_head(detector: nn.Module, run: RunConfig) -> nn.Module:
 
 
 def check_segmentation(dataset_dir: str) -> int:
-    """Number of training annotations with a usable mask (:mod:`rfdetr.coco_masks`); an error if there is none.
+    """Number of training annotations with a usable mask (:mod:`rfdetr.datasets.coco_masks`); an error if there is none.
 
     The others are box-only: a logged warning counts them by reason (they add no mask loss).
     """

@@ -3,7 +3,7 @@
 Accepted: a file path, a PIL image, an ``H x W x C`` numpy array (uint8, uint16, or float in
 [0, 1]; C = 1, 3 or 4; also ``H x W`` grayscale; views such as ``bgr[..., ::-1]`` too), a
 ``[C, H, W]`` float tensor in [0, 1], or a list of these. Files and PIL images are read by
-:mod:`rfdetr.images`, the reader training uses too (EXIF orientation, 16-bit scaling, palette,
+:mod:`rfdetr.datasets.images`, the reader training uses too (EXIF orientation, 16-bit scaling, palette,
 CMYK and alpha handling are defined there); arrays follow the same rule: grayscale is repeated to
 RGB, alpha is dropped, 16-bit is scaled by 1/65535. Anything else raises a ``ValueError`` (or
 ``FileNotFoundError``) that names the input.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rfdetr.images import image_pixels, read_image, scale_16_bit
+from rfdetr.datasets.images import image_pixels, read_image, scale_16_bit
 
 ImageInput = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray | torch.Tensor
 
@@ -43,7 +43,7 @@ def load_pixels(image: ImageInput, index: int = 0) -> torch.Tensor:
     """One input -> ``[3, H, W]`` RGB, uint8 for 8-bit sources (no copy of arrays) or float32 in [0, 1].
 
     ``predict()`` uses this form: converting a large photo to float only after it has been resized
-    is what keeps preprocessing cheap (see :func:`rfdetr.preprocess.resize_normalize`).
+    is what keeps preprocessing cheap (see :func:`rfdetr.datasets.preprocess.resize_normalize`).
     """
     where = f"image {index}"
     if isinstance(image, (str, os.PathLike)):
