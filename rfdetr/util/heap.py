@@ -16,9 +16,9 @@ These settings belong to the whole process, so only a process this package owns 
 itself: the training scripts and the ``rfdetr train`` command. ``RFDETR.train()`` runs in the
 user's process and does so only when asked (``retain_heap=True``). When the block ends, the values
 in effect before it are restored and the free heap is returned to the system (``malloc_trim``).
-glibc has no getter for them, so they are read from the environment the process started with
-(:func:`settings_in_effect`); a value set by an earlier ``mallopt`` call in the process cannot be
-seen. (glibc also stops adapting its mmap threshold once ``M_TRIM_THRESHOLD`` has been set.)
+glibc has no getter for them, so they are read from the environment (:func:`settings_in_effect`),
+which glibc read at start-up; a variable changed since, or an earlier ``mallopt`` call in the process,
+cannot be seen. (glibc also stops adapting its mmap threshold once ``M_TRIM_THRESHOLD`` has been set.)
 
 ``RFDETR_CPU_HEAP`` in the environment: ``retain`` (the default) or ``system`` (leave ``malloc``
 as it is). Elsewhere than glibc (macOS, musl, Windows) nothing changes.
@@ -32,7 +32,6 @@ import ctypes.util
 import functools
 import logging
 import os
-from pathlib import Path
 from typing import Iterator, Mapping
 
 logger = logging.getLogger(__name__)
@@ -51,6 +50,7 @@ _SOURCES = {
     M_MMAP_MAX: ("glibc.malloc.mmap_max", "MALLOC_MMAP_MAX_", DEFAULT_MMAP_MAX),
     M_TRIM_THRESHOLD: ("glibc.malloc.trim_threshold", "MALLOC_TRIM_THRESHOLD_", DEFAULT_TRIM_THRESHOLD),
 }
+ENVIRONMENT_VARIABLES = tuple(variable for _, variable, _ in _SOURCES.values())
 
 
 @functools.lru_cache(maxsize=1)
@@ -111,29 +111,19 @@ def settings_in_effect(environ: Mapping[str, str]) -> dict[int, int]:
     return found
 
 
-def startup_environment() -> dict[str, str]:
-    """The environment this process started with (``/proc/self/environ``; ``os.environ`` where unreadable)."""
-    try:
-        raw = Path("/proc/self/environ").read_bytes()
-    except OSError:
-        return dict(os.environ)
-    pairs = (item.decode(errors="replace").partition("=") for item in raw.split(b"\0") if item)
-    return {name: value for name, _, value in pairs}
-
-
 @contextlib.contextmanager
 def retained_heap(enabled: bool = True) -> Iterator[bool]:
     """Within the block, ``malloc`` keeps freed memory for reuse (see the module); yields whether it does.
 
     ``enabled=False`` (e.g. a CUDA run, whose large buffers live on the device), ``RFDETR_CPU_HEAP=system``
     or a C library other than glibc: nothing changes and the block gets ``False``. Afterwards the
-    settings the process started with are back (:func:`settings_in_effect`).
+    settings the environment gave the process are back (:func:`settings_in_effect`).
     """
     library = glibc() if enabled and heap_setting() == "retain" else None
     if library is None:
         yield False
         return
-    before = settings_in_effect(startup_environment())
+    before = settings_in_effect(os.environ)
     changed = library.mallopt(M_MMAP_MAX, 0) == 1 and library.mallopt(M_TRIM_THRESHOLD, RETAINED_TRIM_THRESHOLD) == 1
     try:
         yield changed
