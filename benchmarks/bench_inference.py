@@ -14,13 +14,18 @@ The bf16 and int8 rows also give their speed-up over fp32 (PyTorch, resp. ONNX R
 two alternated in the same process ("vs fp32, alternated"); "vs fp32" divides medians measured
 in different processes, minutes apart.
 Two probes: torch's ``a @ b`` (MKL sgemm on x86) and the same product on oneDNN; on some CPUs (AMD
-EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the model's linear
-layers take oneDNN or (packed) MKL by CPU vendor for CPU inference (rfdetr.models.linear), so both
-ratios are reported.
+EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the accelerated
+model's linear layers take oneDNN or (packed) MKL by CPU vendor (rfdetr.accel), so both ratios are
+reported.
+The model is timed as the loaders build it: plain, then ``rfdetr.accel.accelerate(model, "cpu", dtype)``
+(``--plain``: without it). "vs plain, alternated" is the plain model's time over the accelerated one's,
+the two run back to back in each round of one process: the gain of the CPU speed paths.
 The paired efficiency times one forward and both probe products back to back in each of ``--runs``
 rounds and takes the median of the per-round ratios against the faster probe: the figure to read
 on a shared host, whose speed drifts between phases (separately timed probes moved by 40% between
 runs here). Set RFDETR_CPU_LINEAR=mkl, onednn or aten to force the linear layers' path.
+bf16 needs a CPU with AVX-512 BF16 or AMX; ``--emulated_bf16`` runs it anyway where PyTorch emulates
+the arithmetic (slower than fp32: for comparing code paths, not for deciding to use bf16).
 Weights are deterministic fills (``fill_model_``), not trained ones: latency does not depend on them.
 
 Then, for one size (``--predict_size``, default nano), the end-to-end ``predict()`` path on a 1080p
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import resource
@@ -50,9 +56,10 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from rfdetr.accel import accelerate
+from rfdetr.accel.kernels import onednn_linear_op
 from rfdetr.config import SIZES, model_config
 from rfdetr.models import build_detector
-from rfdetr.models.linear import fast_linear
 from rfdetr.util.precision import cpu_flags, cpu_has_bf16, inference_autocast
 from rfdetr.util.weight_fill import fill_model_
 
@@ -88,9 +95,8 @@ def timed_ms(fn, warmup: int, runs: int) -> list[float]:
 
 def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     """fp32 matmul rates of this process (GFLOP/s): torch's ``a @ b`` (the issue's probe) and the
-    same product on oneDNN (what :class:`rfdetr.models.linear.Linear` uses; 0 if unavailable)."""
-    from rfdetr.models.linear import ONEDNN_OP
-
+    same product on oneDNN (what :class:`rfdetr.accel.linear.CpuLinear` may use; 0 if unavailable)."""
+    onednn = onednn_linear_op()
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(PROBE_N, PROBE_N, generator=gen)
     b = torch.randn(PROBE_N, PROBE_N, generator=gen)
@@ -102,9 +108,9 @@ def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:
     if cpu_has_bf16():  # torch's bf16 matmul (oneDNN/AMX on CPUs that have them)
         a16, b16, out16 = a.bfloat16(), b.bfloat16(), out.bfloat16()
         rates["bf16"] = rate(statistics.median(timed_ms(lambda: torch.matmul(a16, b16, out=out16), warmup, runs)))
-    if ONEDNN_OP is not None:
+    if onednn is not None:
         with torch.inference_mode():
-            rates["onednn"] = rate(statistics.median(timed_ms(lambda: ONEDNN_OP(a, b, None, "none", [], ""),
+            rates["onednn"] = rate(statistics.median(timed_ms(lambda: onednn(a, b, None, "none", [], ""),
                                                               warmup, runs)))
     return rates
 
@@ -114,14 +120,14 @@ def paired_efficiency(run, gflop: float, rounds: int) -> float:
     and oneDNN's product in that round), the model and the probes timed back to back in each round: on
     a shared host whose speed drifts by tens of percent between phases, a slow phase slows both sides
     of each ratio."""
-    from rfdetr.models.linear import ONEDNN_OP
+    onednn = onednn_linear_op()
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(PROBE_N, PROBE_N, generator=gen), torch.randn(PROBE_N, PROBE_N, generator=gen)
     out = torch.empty(PROBE_N, PROBE_N)
     probes = [lambda: torch.matmul(a, b, out=out)]
-    if ONEDNN_OP is not None:
-        probes.append(lambda: ONEDNN_OP(a, b, None, "none", [], ""))
+    if onednn is not None:
+        probes.append(lambda: onednn(a, b, None, "none", [], ""))
     ratios = []
     with torch.inference_mode():
         for probe in probes:
@@ -173,7 +179,8 @@ def worker(size: str, args: argparse.Namespace) -> dict:
     # requires_grad_(False) as in deployment; it also keeps FlopCounterMode's module tracker from
     # hooking autograd on slices of parameters (e.g. refpoint_embed.weight[:queries]), which
     # fails when they were taken under inference/no-grad mode.
-    model = fill_model_(build_detector(config), seed=0).eval().requires_grad_(False)
+    plain = fill_model_(build_detector(config), seed=0).eval().requires_grad_(False)
+    model = plain if args.plain else accelerate(copy.deepcopy(plain), "cpu", args.dtype)
     params = sum(p.numel() for p in model.parameters())
     extra = {}
     if args.dtype == "int8":
@@ -185,13 +192,19 @@ def worker(size: str, args: argparse.Namespace) -> dict:
                      "paired_speedup": paired_speedup(run_fp32, run, args.runs)}
             run_batch = None  # the graph's batch size is fixed at export
     else:
-        autocast = inference_autocast(args.dtype, torch.device("cpu"))
+        if args.dtype == "bfloat16" and args.emulated_bf16 and not cpu_has_bf16():
+            autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16)
+        else:
+            autocast = inference_autocast(args.dtype, torch.device("cpu"))
         run = torch.inference_mode()(functools.partial(forward_in, autocast, model, x))
         times = timed_ms(run, args.warmup, args.runs)
         run_batch = functools.partial(forward_in, autocast, model)
         if args.dtype != "float32":  # against fp32 PyTorch, alternated in this process
             run_fp32 = torch.inference_mode()(functools.partial(forward_in, contextlib.nullcontext, model, x))
             extra = {"paired_speedup": paired_speedup(run_fp32, run, args.runs)}
+        if not args.plain:  # the plain model against the accelerated one, alternated in this process
+            run_plain = torch.inference_mode()(functools.partial(forward_in, autocast, plain, x))
+            extra["vs_plain"] = paired_speedup(run_plain, run, args.runs)
     rss_after = proc.memory_info().rss
     # Read the high-water mark now, before the FLOP count and the probe's ~50 MB of matrices,
     # so it covers exactly build + inference of this size (ru_maxrss is KiB on Linux).
@@ -203,12 +216,12 @@ def worker(size: str, args: argparse.Namespace) -> dict:
             batch_ms = statistics.median(timed_ms(functools.partial(run_batch, batch), 1, max(3, args.runs // 3)))
         throughput = args.throughput_batch / (batch_ms / 1e3)
 
-    # The FLOP counter sees aten matmuls only: count with the fast linear paths off (same math).
-    with torch.inference_mode(), fast_linear(False), FlopCounterMode(display=False) as counter:
-        model(x)
+    # The FLOP counter sees aten matmuls only: count them on the plain model (same math).
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        plain(x)
     gflop = counter.get_total_flops() / 1e9
     paired = paired_efficiency(run, gflop, rounds=args.runs)
-    del model, run  # free its memory before the probe; the probe runs with the same thread count
+    del model, plain, run  # free its memory before the probe; the probe runs with the same thread count
     probe = matmul_probe_gflops(warmup=2, runs=max(5, args.runs // 2))
 
     median_ms = statistics.median(times)
@@ -227,7 +240,7 @@ def worker(size: str, args: argparse.Namespace) -> dict:
         # rss_before / rss_delta separate the baseline from what the model keeps resident.
         "peak_rss_mb": peak_rss_mb, "rss_before_mb": rss_before / 1e6,
         "rss_delta_mb": (rss_after - rss_before) / 1e6,
-        "torch": torch.__version__, **extra,
+        "torch": torch.__version__, "accelerated": not args.plain, **extra,
     }
 
 
@@ -309,6 +322,7 @@ def predict_table(r: dict) -> str:
 def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worker") -> dict:
     """Run one size in a fresh interpreter so that its peak RSS is its own, not a predecessor's."""
     cmd = [sys.executable, __file__, mode, size, "--threads", str(args.threads), "--_dtype", args.dtype,
+           *(["--plain"] if args.plain else []), *(["--emulated_bf16"] if args.emulated_bf16 else []),
            "--throughput_batch", str(args.throughput_batch),
            "--warmup", str(args.warmup), "--runs", str(args.runs), "--input", args.input]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -321,13 +335,16 @@ def run_in_subprocess(size: str, args: argparse.Namespace, mode: str = "--_worke
 
 
 def markdown_table(results: list[dict]) -> str:
-    header = ["size", "dtype", "vs fp32", "vs fp32, alternated", "resolution", "params (M)", "GFLOP", "median ms",
+    header = ["size", "dtype", "model", "vs fp32", "vs fp32, alternated", "vs plain, alternated", "resolution",
+              "params (M)", "GFLOP", "median ms",
               "min ms", "max ms",
               "achieved GFLOP/s", "a @ b probe GFLOP/s", "efficiency (vs a @ b)", "oneDNN probe GFLOP/s",
               "vs best fp32 probe", "paired efficiency", "bf16 probe GFLOP/s", "images/s at batch N", "peak RSS (MB)"]
     fp32 = {r["size"]: r["median_ms"] for r in results if r["dtype"] == "float32"}
-    rows = [[r["size"], r["dtype"], f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
+    rows = [[r["size"], r["dtype"], "accelerated" if r.get("accelerated", True) else "plain",
+             f"{fp32[r['size']] / r['median_ms']:.2f}x" if r["size"] in fp32 else "",
              f"{r['paired_speedup']:.2f}x" if "paired_speedup" in r else "-",
+             f"{r['vs_plain']:.2f}x" if "vs_plain" in r else "-",
              str(r["resolution"]), f"{r['params_m']:.1f}", f"{r['gflop']:.1f}",
              f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
              f"{r['achieved_gflops']:.1f}", f"{r['probe_gflops']:.1f}", f"{r['efficiency']:.1%}",
@@ -366,6 +383,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "export(quantize='int8') model on ONNX Runtime, beside the fp32 ONNX model)")
     parser.add_argument("--throughput_batch", type=int, default=8,
                         help="also measure images/s at this batch size (1: skip; default: 8)")
+    parser.add_argument("--plain", action="store_true",
+                        help="time the plain model, without rfdetr.accel.accelerate (default: accelerated, "
+                             "with the plain model alternated beside it)")
+    parser.add_argument("--emulated_bf16", action="store_true",
+                        help="run bfloat16 rows on a CPU without native bf16 (PyTorch emulates it)")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this JSON file")
     parser.add_argument("--_dtype", dest="dtype", default="float32", help=argparse.SUPPRESS)
     # Internal: run a single size in this process and print its result as one JSON line.

@@ -8,7 +8,8 @@ One optimizer step is what the training loop does per step with ``grad_accum_ste
 train mode (all ``group_detr`` query groups), the criterion (every decoder layer and the two-stage
 proposals Hungarian-matched), the weighted loss, backward, ``clip_grad_norm_(0.1)``, the AdamW step
 (the real parameter groups of :func:`rfdetr.training.optim.build_optimizer`) and ``zero_grad``.
-fp32 on CPU, ``torch.set_num_threads(N)``, in a retained heap as the trainer's CPU steps
+fp32 on CPU, ``torch.set_num_threads(N)``, the model accelerated as the trainer does
+(:func:`rfdetr.accel.accelerate`), in a retained heap as the training scripts' CPU steps
 (:mod:`rfdetr.util.heap`; ``RFDETR_CPU_HEAP=system`` measures without it).
 
 The batch is fixed and built before timing: synthetic COCO images loaded with the deterministic
@@ -68,6 +69,7 @@ import psutil
 import torch
 from torch import nn
 
+from rfdetr.accel import accelerate
 from rfdetr.config import ModelConfig, TrainConfig, mask_config, model_config
 from rfdetr.datasets import build_dataset, collate_fn, make_synthetic_coco
 from rfdetr.models import DETRsegm, SetCriterion, build_criterion, build_detector
@@ -245,6 +247,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     config = model_config(setup.size, num_classes=num_rows - 1, resolution=args.resolution,
                           **dict(setup.model_overrides))
     model, criterion = build(config, train_config)
+    accelerate(model, "cpu", args.precision)  # the CPU speed paths, as the trainer applies them
     mask_pairs = count_mask_pairs(model) if setup.stage == 2 else []
     model.train()
     criterion.train()

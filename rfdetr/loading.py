@@ -15,6 +15,9 @@ class heads is then an error). The checkpoint's trained head rows are kept for e
 has, in any order or subset (:func:`rfdetr.surgery.fit_class_heads`); only when some class has
 no trained row are the heads rebuilt (a WARNING names those classes), or, with
 ``require_trained_heads``, refused.
+
+Given a ``device``, the model is moved there and put on that device's speed paths
+(:func:`rfdetr.accel.accelerate`, for ``dtype``).
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
+from rfdetr.accel import accelerate
 from rfdetr.checkpoint import (
     CLASS_HEAD_PATTERNS,
     DETECTOR_PREFIX,
@@ -103,7 +108,8 @@ def stored_mask_config(checkpoint: Mapping | None, size: str | None = None) -> M
 def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, num_classes: int | None = None,
                class_names: Sequence[str] | ClassTable | None = None, exclude: Sequence[str] = (),
                masks: bool | None = None, mask_head: str | None = None, require_trained_heads: bool = False,
-               keep_built_in_head: bool = False, config_overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+               keep_built_in_head: bool = False, config_overrides: Mapping[str, Any] | None = None,
+               device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> LoadedModel:
     """Build the model of ``size`` from ``pretrain_weights`` (see the module docstring for the classes).
 
     size: ``None`` takes the size the checkpoint records (an error when it records none);
@@ -164,17 +170,25 @@ def load_model(size: str | None, pretrain_weights: str | os.PathLike | None, *, 
         if mask_head not in (None, BUILT_IN_MASK_HEAD) or (mask is not None and mask.mask_head != BUILT_IN_MASK_HEAD):
             raise CheckpointError(f"{origin}: a {size} model has upstream's built-in mask head; it takes no "
                                   "DETRsegm mask head (leave mask_head unset)")
-        return LoadedModel(detector, config, classes, mask or mask_config(size, built_in=True), checkpoint, style)
+        return _placed(LoadedModel(detector, config, classes, mask or mask_config(size, built_in=True), checkpoint,
+                                   style), device, dtype)
     if not wrap:
         if mask is not None:
             logger.warning("%s has a %s mask head; masks=False drops it: the model is its detector alone, and "
                            "train() fine-tunes that detector", origin, mask.mask_head)
-        return LoadedModel(detector, config, classes, None, checkpoint, style)
+        return _placed(LoadedModel(detector, config, classes, None, checkpoint, style), device, dtype)
     mask = mask_config(size, mask_head=mask_head) if mask is None else (
         mask.model_copy(update={"mask_head": mask_head}) if mask_head else mask)
     model = DETRsegm(detector, freeze_detr=mask.frozen_detector, mask_head=mask.mask_head)
     _load_mask_head(model, checkpoint, origin)
-    return LoadedModel(model, config, classes, mask, checkpoint, style)
+    return _placed(LoadedModel(model, config, classes, mask, checkpoint, style), device, dtype)
+
+
+def _placed(loaded: LoadedModel, device: str | torch.device | None, dtype: str | torch.dtype | None) -> LoadedModel:
+    """``loaded`` with its model moved to ``device`` and accelerated there (unchanged for ``device=None``)."""
+    if device is not None:
+        accelerate(loaded.model.to(device), device, dtype)
+    return loaded
 
 
 def choose_classes(stored: ClassTable | None, num_classes: int | None,

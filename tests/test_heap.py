@@ -52,9 +52,10 @@ else:
 """.format(elements=BUFFER_BYTES // 4)
 
 
-def probe(mode: str, setting: str = "retain") -> list[str]:
+def probe(mode: str, setting: str = "retain", **environment: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", *heap.ENVIRONMENT_VARIABLES)}
     done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RFDETR_CPU_HEAP": setting}, cwd=ROOT)
+                          env={**clean, "RFDETR_CPU_HEAP": setting, **environment}, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
@@ -65,6 +66,58 @@ def test_freed_buffers_are_reused_without_page_faults():
     faults, active = probe("retained")
     assert active == "True" and int(faults) < PAGES // 20
     assert int(probe("after")[0]) > PAGES // 2  # glibc's settings are back after the block
+
+
+RETAINING_ENVIRONMENTS = {
+    "variables": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"},
+    "tunables": {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=0x7fffffff"},
+}
+
+
+@pytest.mark.parametrize("how", RETAINING_ENVIRONMENTS)
+def test_the_settings_the_process_started_with_are_restored(how):
+    # A process started with malloc already told to retain: after the block it still retains (restoring
+    # glibc's defaults instead would fault the buffer in again).
+    assert int(probe("after", **RETAINING_ENVIRONMENTS[how])[0]) < PAGES // 20
+
+
+@pytest.mark.parametrize(("environment", "mmap_max", "trim_threshold"), [
+    ({}, heap.DEFAULT_MMAP_MAX, heap.DEFAULT_TRIM_THRESHOLD),  # glibc's defaults
+    ({"MALLOC_MMAP_MAX_": "7", "MALLOC_TRIM_THRESHOLD_": "4096"}, 7, 4096),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0x1000:glibc.malloc.mmap_max=010"}, 8, 4096),  # hex, octal
+    ({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=3", "MALLOC_MMAP_MAX_": "9"}, 3, heap.DEFAULT_TRIM_THRESHOLD),
+    ({"GLIBC_TUNABLES": "glibc.malloc.check=1", "MALLOC_TRIM_THRESHOLD_": "99"}, heap.DEFAULT_MMAP_MAX, 99),
+    ({"MALLOC_MMAP_MAX_": "many", "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=-1"},
+     heap.DEFAULT_MMAP_MAX, heap.DEFAULT_TRIM_THRESHOLD),  # values glibc would not read
+    ({"MALLOC_TRIM_THRESHOLD_": str(2**40)}, heap.DEFAULT_MMAP_MAX, 2**31 - 1),  # mallopt takes an int
+])
+def test_the_settings_in_effect_are_read_from_the_environment(environment, mmap_max, trim_threshold):
+    assert heap.settings_in_effect(environment) == {heap.M_MMAP_MAX: mmap_max, heap.M_TRIM_THRESHOLD: trim_threshold}
+
+
+class RecordingLibrary:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
+
+def test_the_block_sets_then_restores_what_the_process_started_with(monkeypatch):
+    library = RecordingLibrary()
+    monkeypatch.setattr(heap, "glibc", lambda: library)
+    for variable in ("GLIBC_TUNABLES", *heap.ENVIRONMENT_VARIABLES, "RFDETR_CPU_HEAP"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1048576")
+    with retained_heap() as active:
+        assert active and library.calls == [(heap.M_MMAP_MAX, 0), (heap.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert library.calls[2:] == [(heap.M_MMAP_MAX, heap.DEFAULT_MMAP_MAX), (heap.M_TRIM_THRESHOLD, 1048576),
+                                 ("trim", 0)]
 
 
 @pytest.mark.parametrize("mode, setting", [("disabled", "retain"), ("retained", "system")])

@@ -18,7 +18,7 @@ FLOORS = {
     "rfdetr": 0, "rfdetr.config": 0, "rfdetr.classes": 0, "rfdetr.util": 0,
     "rfdetr.models": 1, "rfdetr.datasets": 1, "rfdetr.tracking": 1,
     "rfdetr.checkpoint": 2, "rfdetr.durable": 2, "rfdetr.weights": 2, "rfdetr.surgery": 2, "rfdetr.loading": 2,
-    "rfdetr.upstream": 2,
+    "rfdetr.upstream": 2, "rfdetr.accel": 2,
     "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.metrics": 3, "rfdetr.validation": 3,
     "rfdetr.validation_rules": 3, "rfdetr.validation_yolo": 3,
     "rfdetr.api": 4, "rfdetr.detr": 4, "rfdetr.export": 4, "rfdetr.inference": 4, "rfdetr.video": 4,
@@ -115,6 +115,36 @@ def test_no_import_cycles():
 def _package_reexport(cycle: str) -> bool:
     modules = cycle.split(" -> ")
     return all(m.startswith(modules[0]) or modules[0].startswith(m) for m in modules)
+
+
+HOOKS = ("register_forward_hook", "register_forward_pre_hook")
+
+
+def hooks_registered(path: Path, source: str | None = None) -> list[tuple[str, int]]:
+    """(hook-registering method, line) for every call of one in the file (or in ``source``)."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    return [(node.func.attr, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in HOOKS]
+
+
+def test_the_model_code_is_plain_pytorch():
+    """rfdetr/models never imports the CPU speed paths (they are applied from outside, rfdetr.accel) and
+    registers no forward hook (a model's outputs are values, not state captured on the side)."""
+    found = []
+    for path in sorted((PACKAGE / "models").rglob("*.py")):
+        where = path.relative_to(PACKAGE.parent)
+        found += [f"{where}:{line} imports {name}" for name, line in imports_of(path)
+                  if name == "rfdetr.accel" or name.startswith("rfdetr.accel.")]
+        found += [f"{where}:{line} calls {hook}" for hook, line in hooks_registered(path)]
+    assert found == []
+
+
+def test_the_model_code_walk_sees_an_accel_import_and_a_hook():
+    path = PACKAGE / "models" / "transformer.py"
+    source = path.read_text() + ("\n\ndef late(module):\n    from rfdetr.accel.linear import CpuLinear\n"
+                                 "    module.register_forward_pre_hook(print)\n")
+    assert "rfdetr.accel.linear" in [name for name, _ in imports_of(path, source)]
+    assert [hook for hook, _ in hooks_registered(path, source)] == ["register_forward_pre_hook"]
 
 
 def test_the_walk_sees_a_violation():

@@ -1,4 +1,5 @@
-"""Parity of the detector with the published upstream rfdetr 1.2.1, for every size.
+"""Parity of the detector with the published upstream rfdetr 1.2.1, for every size, as built (plain PyTorch)
+and as the loaders run it on the CPU (``rfdetr.accel.accelerate``).
 
 Goldens: tests/golden (README there). Tolerances are the reference's: logits 1e-4,
 boxes 1e-5, fp16-stored intermediates 5e-3, float32 means of intermediates 1e-5.
@@ -6,10 +7,13 @@ boxes 1e-5, fp16-stored intermediates 5e-3, float32 means of intermediates 1e-5.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import golden, reference_configs, reference_keys
 
+from rfdetr.accel import accelerate
 from rfdetr.config import SIZES, model_config
 from rfdetr.util.weight_fill import state_dict_digest
 
@@ -21,6 +25,32 @@ SCORE_NOISE = 1e-4
 
 def _dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).replace("torch.", "")
+
+
+VARIANTS = ("plain", "accelerated")
+# Every size plain; nano also accelerated in the quick tier, the other accelerated sizes in the slow one.
+PARITY_CASES = [pytest.param(size, variant, marks=[pytest.mark.slow] if variant != "plain" and size != "nano" else [])
+                for size in SIZES for variant in VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def accelerated_detectors(filled_detectors) -> dict:
+    """size -> an accelerated copy of the shared filled detector (made on first use, kept for this module)."""
+    return {}
+
+
+@pytest.fixture
+def parity_detector(filled_detector, filled_detectors, accelerated_detectors):
+    """``parity_detector(size, variant)``: the shared filled detector, plain or accelerated for the CPU."""
+
+    def get(size: str, variant: str):
+        if variant == "plain":
+            return filled_detector(size)
+        if size not in accelerated_detectors:
+            accelerated_detectors[size] = accelerate(copy.deepcopy(filled_detectors[size]), "cpu", "float32")
+        return accelerated_detectors[size]
+
+    return get
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -93,20 +123,20 @@ def _assert_outputs_close(out: dict, expected: dict):
         torch.testing.assert_close(ours["pred_boxes"], theirs["pred_boxes"], atol=BOXES_ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_single_image_outputs_match_upstream(size, filled_detector):
+@pytest.mark.parametrize(("size", "variant"), PARITY_CASES)
+def test_single_image_outputs_match_upstream(size, variant, parity_detector):
     g = golden(size)
-    model = filled_detector(size)
+    model = parity_detector(size, variant)
     out = _run_with_near_tie_protocol(model, g["input_a"], g["debug_a"])
     assert out["pred_logits"].shape == (1, 300, 91)
     assert len(out["aux_outputs"]) == len(g["out_a"]["aux_outputs"]) == model_config(size).dec_layers - 1
     _assert_outputs_close(out, g["out_a"])
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_padded_batch_outputs_match_upstream(size, filled_detector):
+@pytest.mark.parametrize(("size", "variant"), PARITY_CASES)
+def test_padded_batch_outputs_match_upstream(size, variant, parity_detector):
     g = golden(size)
-    model = filled_detector(size)
+    model = parity_detector(size, variant)
     images = g["input_b"]
     assert images[0].shape != images[1].shape  # the second image is smaller: padding is exercised
     out = _run_with_near_tie_protocol(model, images, g["debug_b"])
@@ -115,12 +145,12 @@ def test_padded_batch_outputs_match_upstream(size, filled_detector):
     _assert_outputs_close(out, expected)
 
 
-@pytest.mark.parametrize("size", SIZES)
-def test_intermediate_features_match_upstream(size, filled_detector):
+@pytest.mark.parametrize(("size", "variant"), PARITY_CASES)
+def test_intermediate_features_match_upstream(size, variant, parity_detector):
     """Backbone, projector and decoder intermediates (fp16-stored), to localise a regression."""
     g = golden(size)
     debug = g["debug_a"]
-    model = filled_detector(size)
+    model = parity_detector(size, variant)
     encoder = model.backbone[0].encoder
     captured = {}
     hook = model.transformer.register_forward_hook(lambda _m, _i, out: captured.update(out))

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from rfdetr.accel.kernels import fp32_kernel
+from rfdetr.accel.linear import CpuLinear
 from rfdetr.cli.common import add_training_flags, train_overrides
 from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes
 from rfdetr.models import build_detector
-from rfdetr.models.linear import Linear
 from rfdetr.training.trainer import Trainer
 from rfdetr.util import precision
 from rfdetr.util.precision import (
@@ -83,8 +84,8 @@ def test_the_trainer_refuses_bf16_on_a_cpu_without_it(simulated_cpu, tmp_path):
         _trainer(_data(tmp_path), tmp_path / "run", precision="bf16")
 
 
-def test_autocast_reaches_the_linear_layers_in_inference():
-    layer = Linear(16, 8)
+def test_autocast_reaches_the_accelerated_linear_layers_in_inference():
+    layer = CpuLinear(16, 8, kernel=fp32_kernel())
     x = torch.randn(2, 5, 16)
     with torch.inference_mode():
         assert layer(x).dtype == torch.float32
@@ -170,23 +171,3 @@ def test_a_mask_model_predicts_masks_in_bf16(simulated_cpu):
     expected = reference.predict(image, threshold=0.0)
     agree = (detections.mask[0] == expected.mask[0]).mean()
     assert agree > 0.9, agree  # the top detection's mask, bf16 against fp32
-
-
-def test_attention_runs_in_fp32_under_a_cpu_autocast_only_while_autograd_records():
-    from rfdetr.models.cpu_precision import attention_under_cpu_autocast
-
-    seen = []
-
-    def attend(q, k, v):
-        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.bfloat16) for _ in range(3))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = attention_under_cpu_autocast(attend, q, k, v)
-        with torch.no_grad():  # inference: the bf16 forward is the faster one
-            inferred = attention_under_cpu_autocast(attend, q, k, v)
-    assert seen == [(torch.float32, False), (torch.bfloat16, True)]
-    assert out.dtype == torch.float32 and inferred.dtype == torch.bfloat16
-    plain = attention_under_cpu_autocast(attend, q, k, v)  # no autocast: the call is unchanged
-    assert seen[2] == (torch.bfloat16, False) and plain.dtype == torch.bfloat16

@@ -2,7 +2,7 @@
 
 A user serving ``predict`` from a thread pool shares one model object between threads, so a model
 must keep no per-call state (no forward hooks, no attribute written during ``forward``) and every
-cache it keeps (the ``Linear`` layers' packed and cast weights) must be safe to fill from several
+cache it keeps (the accelerated linear layers' packed and cast weights, rfdetr.accel) must be safe to fill from several
 threads at once.
 """
 
@@ -22,9 +22,10 @@ import skimage.data
 import torch
 
 from rfdetr import RFDETRNano, RFDETRSegNano
+from rfdetr.accel import linear as linear_module
+from rfdetr.accel.kernels import fp32_kernel, mkl_linear_ops_available
+from rfdetr.accel.linear import CpuLinear
 from rfdetr.export import ONNXDetector
-from rfdetr.models import linear as linear_module
-from rfdetr.models.linear import Linear, _mkl_ops_available
 from rfdetr.util import precision
 from rfdetr.util.precision import cpu_has_bf16
 from rfdetr.util.weight_fill import fill_model_
@@ -118,7 +119,7 @@ def test_one_onnx_runtime_session_gives_every_thread_its_own_images_result(model
     check_every_call(lambda image: runtime.predict(image, threshold=0.0))
 
 
-# --- the Linear layers' weight caches ---------------------------------------------------------
+# --- the accelerated linear layers' weight caches ---------------------------------------------------------
 
 CACHE_THREADS = 8
 # Seconds of hammering per cache. With the forced switches below, the MKL cache of the code before
@@ -133,12 +134,12 @@ def yield_after_builtin_calls_in_linear(frame, event: str, arg) -> None:
         time.sleep(0)  # releases the interpreter lock: another thread may run now
 
 
-def hammer(layer: Linear, autocast: torch.dtype | None, seconds: float) -> tuple[int, int, list]:
+def hammer(layer: CpuLinear, autocast: torch.dtype | None, seconds: float) -> tuple[int, int, list]:
     """``CACHE_THREADS`` threads call ``layer`` for ``seconds`` with ever-changing row counts, each result
     compared with the same call's result from one thread; returns (calls, wrong results, exceptions).
 
     Meanwhile every thread lets the others run after each built-in call it makes in
-    rfdetr/models/linear.py (a profile function that sleeps 0 s), and the interpreter switches
+    rfdetr/accel/linear.py (a profile function that sleeps 0 s), and the interpreter switches
     threads every microsecond (instead of every 5 ms): a thread is often interrupted between a
     cache's lookup and its update, wherever in the layer that happens."""
     inputs = {rows: torch.randn(rows, layer.in_features) for rows in ROW_COUNTS}
@@ -177,34 +178,28 @@ def hammer(layer: Linear, autocast: torch.dtype | None, seconds: float) -> tuple
 
 # MKL's packed weights (one per row count; the default fp32 kernel on Intel CPUs) where this build has
 # the ops, and the bf16 copies of weight and bias that inference under a CPU bf16 autocast uses.
-CACHED_PATHS = (["mkl"] if _mkl_ops_available() else []) + ["bf16"]
+CACHED_PATHS = (["mkl"] if mkl_linear_ops_available() else []) + ["bf16"]
 
 
 @pytest.mark.parametrize("path", CACHED_PATHS)
-def test_linear_weight_caches_are_safe_under_many_threads(path, monkeypatch):
+def test_linear_weight_caches_are_safe_under_many_threads(path):
     torch.manual_seed(0)
-    layer = Linear(16, 8)
-    if path == "mkl":
-        monkeypatch.setattr(linear_module, "_KERNEL", "mkl")
-        monkeypatch.setattr(linear_module, "_enabled", True)
-    elif not cpu_has_bf16():  # oneDNN has no bf16 product on this CPU: the copies go to F.linear
-        monkeypatch.setattr(linear_module, "_KERNEL", "aten")
+    # This machine's kernel for the bf16 copies (oneDNN where it computes bf16, else F.linear).
+    layer = CpuLinear(16, 8, kernel="mkl" if path == "mkl" else fp32_kernel())
     calls, wrong, errors = hammer(layer, None if path == "mkl" else torch.bfloat16, CACHE_SECONDS[path])
     assert not errors and not wrong, (f"{len(errors)} errors ({sorted({repr(e)[:80] for e in errors})}) and "
                                       f"{wrong} wrong results in {calls} calls")
 
 
-def test_a_copied_layer_keeps_caches_of_its_own(monkeypatch):
-    if _mkl_ops_available():
-        monkeypatch.setattr(linear_module, "_KERNEL", "mkl")
-        monkeypatch.setattr(linear_module, "_enabled", True)
-    layer = Linear(16, 8)
+def test_a_copied_layer_keeps_caches_of_its_own():
+    kernel = "mkl" if mkl_linear_ops_available() else fp32_kernel()
+    layer = CpuLinear(16, 8, kernel=kernel)
     x = torch.randn(3, 16)
     with torch.inference_mode():
         before = layer(x)  # fills the layer's caches
         twin = copy.deepcopy(layer)
         twin.weight.mul_(2)
-        fresh = Linear(16, 8)
+        fresh = CpuLinear(16, 8, kernel=kernel)
         fresh.load_state_dict(twin.state_dict())
         assert torch.equal(twin(x), fresh(x)) and not torch.equal(twin(x), before)
         assert torch.equal(layer(x), before)

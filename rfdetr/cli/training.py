@@ -219,6 +219,7 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
     def train():
         from rfdetr.training.distributed import is_main_process
         from rfdetr.training.stages import resume_run, run_summary
+        from rfdetr.util.heap import retained_heap
 
         checkpoint = resume_checkpoint(args.resume)
         notes: list[str] = []
@@ -239,7 +240,9 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(summary, indent=2))
         try:
-            return trainer.fit()
+            # This process is ours: CPU steps keep their freed buffers in the heap (rfdetr.util.heap)
+            with retained_heap(trainer.device.type == "cpu"):
+                return trainer.fit()
         except KeyboardInterrupt:
             raise RunInterrupted(_resume_command(script, trainer.output_dir), "SIGINT", 130) from None
         except Terminated:

@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfdetr.models.cpu_precision import attention_under_cpu_autocast
-from rfdetr.models.linear import Linear
 from rfdetr.models.ms_deform_attn import MSDeformAttn
 
 
@@ -28,7 +26,7 @@ class MLP(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for index, layer in enumerate(self.layers):
@@ -106,8 +104,8 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, sa_nheads, dropout=0.0, batch_first=True)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MSDeformAttn(d_model, num_levels, ca_nheads, num_points)
-        self.linear1 = Linear(d_model, dim_feedforward)
-        self.linear2 = Linear(dim_feedforward, d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
@@ -121,7 +119,7 @@ class DecoderLayer(nn.Module):
             # Stack the query groups on the batch axis so that attention stays inside a group.
             group_size = num_queries // self.group_detr
             q, k, v = (torch.cat(t.split(group_size, dim=1), dim=0) for t in (q, k, v))
-        attended = attention_under_cpu_autocast(self.self_attn, q, k, v, need_weights=False)[0]
+        attended = self.self_attn(q, k, v, need_weights=False)[0]
         if self.training:
             attended = torch.cat(attended.split(batch, dim=0), dim=1)
         tgt = self.norm1(tgt + attended)
@@ -161,7 +159,7 @@ class Transformer(nn.Module):
         layer = DecoderLayer(d_model, sa_nheads, ca_nheads, dim_feedforward, num_feature_levels, dec_n_points,
                              group_detr)
         self.decoder = Decoder(layer, num_decoder_layers, d_model)
-        self.enc_output = nn.ModuleList(Linear(d_model, d_model) for _ in range(group_detr))
+        self.enc_output = nn.ModuleList(nn.Linear(d_model, d_model) for _ in range(group_detr))
         self.enc_output_norm = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(group_detr))
         # Proposal heads; LWDETR fills these with copies of its class / box heads.
         self.enc_out_class_embed = nn.ModuleList()

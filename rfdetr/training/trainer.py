@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from rfdetr.accel import accelerate
 from rfdetr.checkpoint import make_checkpoint, read_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, SIZE_PRESETS, RunConfig
@@ -51,7 +52,6 @@ from rfdetr.training.plots import write_results_plot
 from rfdetr.training.progress import epoch_summary, resolve_mode
 from rfdetr.training.reporting import RunReporter, flatten_result, metric_scalars
 from rfdetr.util.device import resolve_device
-from rfdetr.util.heap import retained_heap
 from rfdetr.util.precision import autocast_for
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class Trainer:
         self.run = run.model_copy(update={"model": model_config})
         seed_everything(config.seed + dist.rank())
         self.datasets = self._build_datasets()
-        self.model = model.to(self.device)
+        self.model = accelerate(model.to(self.device), self.device, config.precision)  # the CPU speed paths
         self.criterion = criterion or build_criterion(model_config, config)
         self.criterion.to(self.device)
         self.ema = ModelEMA(model, config.ema_decay, config.ema_tau) if config.use_ema else None
@@ -192,10 +192,8 @@ class Trainer:
         if self.start_epoch > 0:
             reporter.restart_log(self.history)
         try:
-            # CPU steps free and re-allocate the same large buffers: keep them in the heap (rfdetr.util.heap)
-            with retained_heap(self.device.type == "cpu"):
-                stopped_early = self._train_epochs(reporter)
-                best_weights = self._finish()
+            stopped_early = self._train_epochs(reporter)
+            best_weights = self._finish()
         finally:
             reporter.close()
         kind = max(self.best, key=self.best.get)

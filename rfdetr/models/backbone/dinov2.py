@@ -21,8 +21,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from rfdetr.config import EncoderSpec
-from rfdetr.models.cpu_precision import attention_under_cpu_autocast, inference_autocast_dtype
-from rfdetr.models.linear import Linear
 
 
 class PatchEmbeddings(nn.Module):
@@ -100,9 +98,9 @@ class QueryKeyValue(nn.Module):
     def __init__(self, width: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.query = Linear(width, width)
-        self.key = Linear(width, width)
-        self.value = Linear(width, width)
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -112,15 +110,19 @@ class QueryKeyValue(nn.Module):
         query = self.query(x)
         key = self._split_heads(self.key(x))
         value = self._split_heads(self.value(x))
-        context = attention_under_cpu_autocast(F.scaled_dot_product_attention, self._split_heads(query), key, value)
+        context = self.attend(self._split_heads(query), key, value)
         batch, _, length, _ = context.shape
         return context.permute(0, 2, 1, 3).contiguous().view(batch, length, -1)
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``softmax(q k^T / sqrt(head_dim)) v`` per head: ``[B, heads, L, head_dim]`` each."""
+        return F.scaled_dot_product_attention(query, key, value)
 
 
 class OutputProjection(nn.Module):
     def __init__(self, width: int):
         super().__init__()
-        self.dense = Linear(width, width)
+        self.dense = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(x)
@@ -144,14 +146,14 @@ class LayerScale(nn.Module):
         self.lambda1 = nn.Parameter(torch.full((width,), init_value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.lambda1.to(x.dtype)  # a bf16 stream stays bf16 (a no-op in fp32)
+        return x * self.lambda1.to(x.dtype)  # the residual stream keeps its dtype
 
 
 class Mlp(nn.Module):
     def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.fc1 = Linear(width, hidden)
-        self.fc2 = Linear(hidden, width)
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -206,10 +208,10 @@ class WindowedViT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Normalised hidden states ``[B * nw**2, 1 + tokens_per_window, width]``, one per tapped stage."""
-        x = self.embeddings(images)
-        stream_dtype = inference_autocast_dtype(x)
-        if stream_dtype is not None:
-            x = x.to(stream_dtype)  # one cast here instead of one per consumer in every block
+        return self.run_blocks(self.embeddings(images))
+
+    def run_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The blocks up to the last tap on embedded windows ``x``; the normalised state after each tap."""
         taps = self.out_feature_indexes
         states = []
         for index in range(taps[-1]):
