@@ -14,8 +14,8 @@ The bf16 and int8 rows also give their speed-up over fp32 (PyTorch, resp. ONNX R
 two alternated in the same process ("vs fp32, alternated"); "vs fp32" divides medians measured
 in different processes, minutes apart.
 Two probes: torch's ``a @ b`` (MKL sgemm on x86) and the same product on oneDNN; on some CPUs (AMD
-EPYC) oneDNN runs twice as fast as MKL, on Intel Xeons MKL is the faster, and the accelerated
-model's linear layers take oneDNN or (packed) MKL by CPU vendor (rfdetr.accel), so both ratios are
+EPYC) oneDNN's product runs faster than MKL's, on Intel Xeons MKL is the faster, and the accelerated
+model's linear layers take (packed) MKL on Intel, plain F.linear elsewhere (rfdetr.accel), so both ratios are
 reported.
 The model is timed as the loaders build it: plain, then ``rfdetr.accel.accelerate(model, "cpu", dtype)``
 (``--plain``: without it). "vs plain, alternated" is the plain model's time over the accelerated one's,

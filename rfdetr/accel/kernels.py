@@ -1,14 +1,13 @@
 """Which CPU matrix-product kernels this torch build has, and which one the fp32 linear layers take.
 
-PyTorch's ``F.linear`` runs MKL's sgemm on x86 CPUs. MKL is tuned for Intel CPUs; on others (e.g.
-AMD EPYC) it runs at about half the rate oneDNN reaches for the same product. So CPU fp32
-inference takes
+CPU fp32 inference takes
 
 - ``"mkl"`` on Intel CPUs: MKL's sgemm with the weight packed once per row count, bit-identical to
-  ``F.linear`` (nano forward 6% faster, base 3%, on an Intel Xeon with AVX-512);
-- ``"onednn"`` elsewhere: oneDNN's linear op (results differ from ``F.linear`` only in summation order).
+  ``F.linear`` (measured faster there: docs/benchmarks.md);
+- ``"aten"`` (plain ``F.linear``) elsewhere: on an AMD EPYC neither packed MKL nor oneDNN's linear op
+  made the whole forward faster (nano 1.00x, base 0.97x, alternated on a quiet host).
 
-``RFDETR_CPU_LINEAR`` (``auto``, ``mkl``, ``onednn`` or ``aten`` for plain ``F.linear``) overrides the
+``RFDETR_CPU_LINEAR`` (``auto``, ``mkl``, ``onednn`` for oneDNN's linear op, or ``aten``) overrides the
 choice by vendor; a kernel this build lacks falls back to the other, then to ``F.linear``.
 
 The kernels are private ops (``torch.ops.mkldnn._linear_pointwise``, ``torch.ops.mkl._mkl_linear``,
@@ -75,7 +74,7 @@ def choose_kernel(vendor: str, available: dict[str, bool]) -> str:
         logger.warning("RFDETR_CPU_LINEAR=%s is not one of auto, %s; using auto", setting, ", ".join(KERNELS))
         setting = "auto"
     if setting == "auto":
-        setting = "mkl" if vendor == "GenuineIntel" else "onednn"
+        setting = "mkl" if vendor == "GenuineIntel" else "aten"
     if setting == "aten":
         return "aten"
     other = "onednn" if setting == "mkl" else "mkl"
