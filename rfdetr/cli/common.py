@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,14 +37,10 @@ def described(text: str, field: str, config: str = "train") -> str:
     return f"{text} (default: {default(field, config)})"
 
 
-def as_invoked(doc: str) -> str:
-    """``doc`` with its examples' ``python SCRIPT.py`` written as the running ``rfdetr`` sub-command, when the
-    console command is what runs (it names the program ``rfdetr SUB-COMMAND``); unchanged for the scripts."""
-    program = sys.argv[0] if sys.argv else ""
-    found = re.search(r"python (\w+\.py)", doc)
-    if not program.startswith("rfdetr ") or found is None:
-        return doc
-    return doc.replace(found.group(0), program)
+def command_doc(doc: str, prog: str | None, script: str) -> str:
+    """``doc`` with its examples' ``{prog}`` written as the command that runs: ``prog`` (the ``rfdetr``
+    command passes ``rfdetr SUB-COMMAND``), else ``python SCRIPT`` (the root script)."""
+    return doc.replace("{prog}", prog or f"python {script}")
 
 
 def str2bool(value: str | bool) -> bool:
@@ -64,10 +59,10 @@ def add_bool(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None
     parser.add_argument(flag, type=str2bool, nargs="?", const=True, default=None, metavar="0|1", help=help_text)
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
+def add_training_flags(parser: argparse.ArgumentParser, size_help: str | None = None) -> None:
     """The flags every training script shares (help texts show TrainConfig's defaults)."""
     parser.add_argument("--size", choices=SIZES + SEG_SIZES, default=None,
-                        help=f"model size (default: {DEFAULT_SCRIPT_SIZE['detector']})")
+                        help=size_help or f"model size (default: {DEFAULT_SCRIPT_SIZE['detector']})")
     parser.add_argument("--dataset_dir", default=None,
                         help=described("COCO folder with train/ valid/ [test/], or a YOLO folder with data.yaml",
                                        "dataset_dir"))

@@ -17,13 +17,13 @@ from typing import Callable
 
 
 def _commands() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
-    from rfdetr.cli import predict, surgery, validate
+    from rfdetr.cli import export, predict, surgery, validate
 
     return {
         "predict": ("detect/segment objects in images; annotated copies + COCO results JSON", predict.predict_main),
         "train": ("train: detector (stage 1), masks (stage 2) or single-stage", _train),
         "validate": ("check the environment and a COCO or YOLO dataset folder", validate.main),
-        "export": ("export a checkpoint to ONNX (optionally int8)", predict.export_main),
+        "export": ("export a checkpoint to ONNX (optionally int8)", export.export_main),
         "shrink": ("keep only some classes of a checkpoint's class heads", surgery.shrink_main),
         "strip": ("remove the class heads of a checkpoint", surgery.strip_main),
     }
@@ -32,7 +32,7 @@ def _commands() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
 TRAIN_KINDS = {"detector": "stage1_main", "masks": "stage2_main", "single-stage": "single_stage_main"}
 
 
-def _train(argv: list[str]) -> int:
+def _train(argv: list[str], prog: str = "rfdetr train") -> int:
     from rfdetr.cli import training
 
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in TRAIN_KINDS:
@@ -43,8 +43,7 @@ def _train(argv: list[str]) -> int:
               "example: rfdetr train detector --size nano --dataset_dir dataset --epochs 50\n"
               "`rfdetr train KIND --help` lists the flags.", file=sys.stdout if argv else sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    sys.argv[0] = f"rfdetr train {argv[0]}"
-    return getattr(training, TRAIN_KINDS[argv[0]])(argv[1:])
+    return getattr(training, TRAIN_KINDS[argv[0]])(argv[1:], prog=f"rfdetr train {argv[0]}")
 
 
 def usage(commands: dict) -> str:
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in commands:
         print(f"rfdetr: unknown sub-command {name!r}\n\n{usage(commands)}", file=sys.stderr)
         return 2
-    sys.argv[0] = f"rfdetr {name}"  # argparse names the program after it in usage lines
-    return commands[name][1](rest)
+    return commands[name][1](rest, prog=f"rfdetr {name}")
 
 
 if __name__ == "__main__":

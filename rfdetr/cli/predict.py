@@ -32,12 +32,6 @@ with the detections as in predictions.json (image_id = frame index; track_id wit
 that cannot be opened or breaks off is an error naming it; what was written before stays valid.
 """
 
-EXPORT_DOC = """Export a checkpoint to ONNX (checked against PyTorch with ONNX Runtime).
-
-    rfdetr export runs/detector_nano_384_1/checkpoint_best_total.pth --out export
-    rfdetr export model.pth --out export --quantize int8    # also inference_model_int8.onnx
-"""
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -104,8 +98,8 @@ def coco_image_ids(paths: list[Path]) -> dict[Path, int]:
     return ids
 
 
-def predict_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rfdetr predict", description=PREDICT_DOC,
+def predict_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "rfdetr predict", description=PREDICT_DOC,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("weights", help="a .pth checkpoint (ours or upstream's), an upstream Lightning .ckpt or an "
                                         "exported .onnx model")
@@ -168,24 +162,3 @@ def predict_images(predictor, paths: list[Path], out: Path, threshold: float) ->
         [{"id": ids[p], "file_name": str(p), "annotated": names[ids[p]]} for p in paths], indent=1))
     logger.info("wrote %d annotated images and %s (%d detections)", len(paths), out / "predictions.json",
                 len(results))
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rfdetr export", description=EXPORT_DOC,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights", help="a .pth checkpoint (ours or upstream's)")
-    parser.add_argument("--out", default="export", help="output folder (default: export)")
-    parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="also write an int8 model (dynamic quantization of the matrix products)")
-    parser.add_argument("--batch", type=int, default=1, help="batch size baked into the graph (default: 1)")
-    add_size_flag(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        model = load_predictor(args.weights, "cpu", "float32", args.size)
-        path = model.export(args.out, batch_size=args.batch, quantize=args.quantize)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    logger.info("wrote %s", path)
-    return 0

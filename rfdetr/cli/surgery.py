@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rfdetr.cli.common import as_invoked
+from rfdetr.cli.common import command_doc
 
 SHRINK_DOC = """Keep only some classes of a checkpoint's class heads (e.g. a COCO checkpoint -> person, dog).
 
-    python shrink_head.py --in_ckpt rf-detr-nano.pth --out_ckpt nano-person-dog.pth --keep person dog
+    {prog} --in_ckpt rf-detr-nano.pth --out_ckpt nano-person-dog.pth --keep person dog
 
 Names are looked up in the checkpoint's class table (the COCO names for the published 91-row
 checkpoints). Every class head (the final one and the 13 two-stage heads) is sliced the same way,
@@ -18,15 +18,15 @@ a spare row is kept, and the new class table is stored. The result is verified b
 
 STRIP_DOC = """Remove every class-head tensor from a checkpoint, so that it loads into a model with any class count.
 
-    python strip_class_heads.py rf-detr-nano.pth nano-no-heads.pth
+    {prog} rf-detr-nano.pth nano-no-heads.pth
 
 Everything else (backbone, projector, decoder, box heads, queries) is kept; the model that loads
 the result gets fresh class heads. Optimizer state and the class table are dropped.
 """
 
 
-def shrink_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(SHRINK_DOC),
+def shrink_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=command_doc(SHRINK_DOC, prog, "shrink_head.py"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--in_ckpt", required=True, help="checkpoint to read (.pth)")
     parser.add_argument("--out_ckpt", required=True, help="checkpoint to write (.pth); written atomically")
@@ -64,8 +64,8 @@ def _say_dropped(dropped: list[str]) -> None:
               "its 'model'")
 
 
-def strip_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(STRIP_DOC),
+def strip_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=command_doc(STRIP_DOC, prog, "strip_class_heads.py"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("in_ckpt", help="checkpoint to read (.pth)")
     parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")

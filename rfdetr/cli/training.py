@@ -20,8 +20,8 @@ from rfdetr.cli.common import (
     RunInterrupted,
     Terminated,
     add_training_flags,
-    as_invoked,
     banner,
+    command_doc,
     described,
     model_overrides,
     overrides_lines,
@@ -36,10 +36,10 @@ from rfdetr.config import DEFAULT_SCRIPT_SIZE, MASK_HEADS
 
 STAGE1_DOC = """Stage 1: fine-tune the RF-DETR detector on a COCO or YOLO dataset, starting from the COCO checkpoint.
 
-    python train_detector_stage1.py --size nano --dataset_dir dataset --epochs 50 --batch 4 --accum 4
-    python train_detector_stage1.py --size nano --pretrain_weights none --device cpu   # random init, offline
+    {prog} --size nano --dataset_dir dataset --epochs 50 --batch 4 --accum 4
+    {prog} --size nano --pretrain_weights none --device cpu   # random init, offline
     torchrun --nproc_per_node=2 train_detector_stage1.py --size small --batch 2     # several GPUs
-    python train_detector_stage1.py --resume runs/detector_nano_384_1                # continue exactly
+    {prog} --resume runs/detector_nano_384_1                # continue exactly
 
 The dataset folder holds train/, valid/ and optionally test/, each with _annotations.coco.json and
 its images (a Roboflow COCO export), or is a YOLO folder (data.yaml, images/ and labels/; polygon
@@ -52,9 +52,9 @@ TensorBoard scalars in tb/.
 
 STAGE2_DOC = """Stage 2: train a mask head on the frozen detector of a stage-1 run.
 
-    python train_seg_stage2.py --stage1_run runs/detector_nano_384_1 --epochs 50
-    python train_seg_stage2.py --size small --checkpoint detector.pth --batch 2 --accum 2
-    python train_seg_stage2.py --resume runs/segmentation_nano_384_1                  # continue exactly
+    {prog} --stage1_run runs/detector_nano_384_1 --epochs 50
+    {prog} --size small --checkpoint detector.pth --batch 2 --accum 2
+    {prog} --resume runs/segmentation_nano_384_1                  # continue exactly
 
 The detector is loaded strictly from the stage-1 checkpoint (found in --stage1_run as
 checkpoint_best_total.pth, checkpoint_best_regular.pth, checkpoint_best_ema.pth, checkpoint.pth,
@@ -67,10 +67,10 @@ log.txt, results.json and TensorBoard scalars in tb/.
 
 SINGLE_STAGE_DOC = """Single stage: train the detector and a mask head together, starting from the COCO checkpoint.
 
-    python train_seg_single_stage.py --size nano --epochs 50 --batch 1 --accum 8
-    python train_seg_single_stage.py --size nano --init_ckpt runs/detector_nano_384_1/checkpoint_best_total.pth
-    python train_seg_single_stage.py --resume runs/seg_single_nano_384_1                 # continue exactly
-    python train_seg_single_stage.py --size seg-nano --init_ckpt upstream_1_11_seg.pth   # built-in mask head
+    {prog} --size nano --epochs 50 --batch 1 --accum 8
+    {prog} --size nano --init_ckpt runs/detector_nano_384_1/checkpoint_best_total.pth
+    {prog} --resume runs/seg_single_nano_384_1                 # continue exactly
+    {prog} --size seg-nano --init_ckpt upstream_1_11_seg.pth   # built-in mask head
 
 The detector is built for the dataset's classes and loads --pretrain_weights (default: the size's
 COCO checkpoint) strictly, all but the class rows the dataset has no class for; --init_ckpt starts
@@ -85,16 +85,17 @@ MASK_FLAGS = ("mask_head", "mask_loss_coef", "dice_loss_coef")
 RECORD_FILES = {"masks": "stage2_config.json", "joint": "single_stage_config.json"}
 
 
-def stage1_parser() -> argparse.ArgumentParser:
-    parser = _parser(STAGE1_DOC)
+def stage1_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _parser(command_doc(STAGE1_DOC, prog, "train_detector_stage1.py"), prog)
     parser.add_argument("--pretrain_weights", default=None,
                         help="checkpoint name (rf-detr-<size>.pth, downloaded if needed), a path, or 'none' for "
                              "random init (default: the size's COCO checkpoint)")
     return parser
 
 
-def stage2_parser() -> argparse.ArgumentParser:
-    parser = _parser(STAGE2_DOC, size_help="model size (default: the one recorded in the checkpoint)")
+def stage2_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _parser(command_doc(STAGE2_DOC, prog, "train_seg_stage2.py"), prog,
+                     size_help="model size (default: the one recorded in the checkpoint)")
     parser.add_argument("--stage1_run", default=None, help="stage-1 run folder holding the detector checkpoint")
     parser.add_argument("--checkpoint", default=None, help="detector checkpoint file (wins over --stage1_run)")
     parser.add_argument("--seg_lr", dest="lr", type=float, default=None,
@@ -103,8 +104,9 @@ def stage2_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def single_stage_parser() -> argparse.ArgumentParser:
-    parser = _parser(SINGLE_STAGE_DOC, size_help=f"model size (default: {DEFAULT_SCRIPT_SIZE['joint']})")
+def single_stage_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _parser(command_doc(SINGLE_STAGE_DOC, prog, "train_seg_single_stage.py"), prog,
+                     size_help=f"model size (default: {DEFAULT_SCRIPT_SIZE['joint']})")
     parser.add_argument("--pretrain_weights", default=None,
                         help="checkpoint name (rf-detr-<size>.pth, downloaded if needed), a path, or 'none' for "
                              "random init (default: the size's COCO checkpoint)")
@@ -115,8 +117,8 @@ def single_stage_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stage1_main(argv: list[str] | None = None) -> int:
-    args = stage1_parser().parse_args(argv)
+def stage1_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = stage1_parser(prog).parse_args(argv)
 
     def new_run():
         size = args.size or DEFAULT_SCRIPT_SIZE["detector"]
@@ -128,8 +130,8 @@ def stage1_main(argv: list[str] | None = None) -> int:
                   "RT-DETR-Seg stage 1: detector fine-tuning", "bbox", "train_detector_stage1.py")
 
 
-def stage2_main(argv: list[str] | None = None) -> int:
-    args = stage2_parser().parse_args(argv)
+def stage2_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = stage2_parser(prog).parse_args(argv)
 
     def new_run():
         from rfdetr.training.stages import find_stage1_checkpoint, refuse_detector_options
@@ -154,8 +156,8 @@ def stage2_main(argv: list[str] | None = None) -> int:
                   "segm", "train_seg_stage2.py")
 
 
-def single_stage_main(argv: list[str] | None = None) -> int:
-    args = single_stage_parser().parse_args(argv)
+def single_stage_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = single_stage_parser(prog).parse_args(argv)
 
     def new_run():
         size = args.size or DEFAULT_SCRIPT_SIZE["joint"]
@@ -172,12 +174,9 @@ def single_stage_main(argv: list[str] | None = None) -> int:
 
 
 # ---- shared ---------------------------------------------------------------------------------------
-def _parser(doc: str, size_help: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=as_invoked(doc),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_flags(parser)
-    if size_help:
-        next(a for a in parser._actions if "--size" in a.option_strings).help = size_help
+def _parser(doc: str, prog: str | None, size_help: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_flags(parser, size_help)
     return parser
 
 

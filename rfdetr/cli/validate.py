@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from rfdetr.cli.common import as_invoked
+from rfdetr.cli.common import command_doc
 
 VALIDATE_DOC = """Check the environment and lint a COCO or YOLO dataset folder before training.
 
-    python validate_setup.py --dataset_dir dataset --stage 1
-    python validate_setup.py --dataset_dir dataset --stage 2 --skip_env   # masks required on every object
+    {prog} --dataset_dir dataset --stage 1
+    {prog} --dataset_dir dataset --stage 2 --skip_env   # masks required on every object
 
 Expects <dataset_dir>/{train,valid,test}/_annotations.coco.json with the images beside each JSON file
 (test is optional), or a YOLO folder: data.yaml naming the classes and the train/val[/test] image folders,
@@ -19,8 +19,8 @@ image/annotation ids, then a summary. Exit code 0 when nothing FAILs, 1 otherwis
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=as_invoked(VALIDATE_DOC),
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=command_doc(VALIDATE_DOC, prog, "validate_setup.py"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default="dataset",
                         help="dataset folder: train/, valid/, test/ (COCO) or a data.yaml (YOLO)")
