@@ -1,7 +1,8 @@
-"""The detector's backbone: ``Joiner([Backbone(encoder, projector), PositionEmbeddingSine])``.
+"""The detector's backbone: ``Joiner([Backbone(encoder, projector)])``.
 
 The Sequential-style nesting gives the checkpoint prefixes ``backbone.0.encoder.*`` and
-``backbone.0.projector.*``; ``backbone.1`` (the position encoding) has no parameters.
+``backbone.0.projector.*``. (Upstream's ``backbone.1``, a sine position encoding without parameters, is
+left out: no layer of this detector consumes position encodings of the levels.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from torch import nn
 from rfdetr.config import ModelConfig
 from rfdetr.models.backbone.dinov2 import DinoV2Backbone
 from rfdetr.models.backbone.projector import MultiScaleProjector
-from rfdetr.models.position_encoding import PositionEmbeddingSine
 from rfdetr.util.nested_tensor import NestedTensor, resize_mask
 
 
@@ -37,19 +37,15 @@ class Backbone(nn.Module):
 
 
 class Joiner(nn.Sequential):
-    """``[0]`` = :class:`Backbone`, ``[1]`` = :class:`PositionEmbeddingSine`."""
+    """``[0]`` = :class:`Backbone` (a one-element Sequential, for the checkpoint's ``backbone.0.`` prefix)."""
 
-    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine):
-        super().__init__(backbone, position_embedding)
+    def __init__(self, backbone: Backbone):
+        super().__init__(backbone)
 
     def forward(self, samples: NestedTensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Feature levels and masks. The position encodings are not computed: no layer consumes them."""
+        """Feature levels and their padding masks."""
         return self[0](samples)
-
-    def position_encodings(self, masks: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
-        """Sine encodings ``[B, hidden_dim, h_l, w_l]`` of each level (for inspection and tests)."""
-        return [self[1](mask).to(dtype) for mask in masks]
 
 
 def build_backbone(config: ModelConfig) -> Joiner:
-    return Joiner(Backbone(config), PositionEmbeddingSine(num_pos_feats=config.hidden_dim // 2))
+    return Joiner(Backbone(config))
