@@ -41,10 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from rfdetr.checkpoints.loading import load_model  # noqa: E402
 from rfdetr.config import RunConfig, TrainConfig, mask_config, model_config  # noqa: E402
 from rfdetr.datasets import make_synthetic_coco  # noqa: E402
 from rfdetr.datasets.coco import dataset_classes  # noqa: E402
-from rfdetr.loading import load_model  # noqa: E402
 from rfdetr.models import build_detector, mask_heads, segmentation  # noqa: E402
 from rfdetr.training.stages import build_trainer  # noqa: E402
 from rfdetr.training.trainer import Trainer  # noqa: E402

@@ -47,7 +47,7 @@ def write_clip(path: Path, frames: int, width: int, height: int, fps: float = 30
 
 
 def filled_checkpoint(size: str, folder: Path) -> Path:
-    from rfdetr.checkpoint import make_checkpoint
+    from rfdetr.checkpoints.files import make_checkpoint
     from rfdetr.classes import ClassTable
     from rfdetr.config import model_config
     from rfdetr.models import build_detector

@@ -4,7 +4,7 @@ A wrapper holds the model (``.model``: the detector, or a ``DETRsegm`` with its 
 :class:`~rfdetr.config.ModelConfig` (``.config``), its :class:`~rfdetr.classes.ClassTable`
 (``.classes``) and its device. Sizes are data: the ``RFDETR<Size>`` classes only name a row of
 :data:`rfdetr.config.SIZE_PRESETS`. How a checkpoint becomes a model, and which classes it gets,
-is :func:`rfdetr.loading.load_model`'s job.
+is :func:`rfdetr.checkpoints.loading.load_model`'s job.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from rfdetr.accel import accelerate
+from rfdetr.checkpoints.loading import load_model
+from rfdetr.checkpoints.upstream import PredictStyle
 from rfdetr.config import PRETRAINED_NAMES, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
-from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.dense_mask_postprocess import PostProcessDenseMasks
 from rfdetr.models.mask_postprocess import PostProcessMasks
-from rfdetr.upstream import PredictStyle
 from rfdetr.util.device import resolve_device
 from rfdetr.util.heap import retained_heap
 from rfdetr.util.precision import inference_autocast

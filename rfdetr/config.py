@@ -53,7 +53,7 @@ ENCODERS: dict[str, EncoderSpec] = {
 # evaluation and in ONNX export.
 COCO_MAX_DETECTIONS = 100
 
-# File names of the published COCO checkpoints (the URL table lives in rfdetr.weights).
+# File names of the published COCO checkpoints (the URL table lives in rfdetr.checkpoints.download).
 PRETRAINED_NAMES = {
     "nano": "rf-detr-nano.pth",
     "small": "rf-detr-small.pth",

@@ -29,7 +29,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.config import SIZES, model_config
 from rfdetr.datasets.preprocess import preprocess
 from rfdetr.models import PostProcess, build_detector
@@ -72,9 +72,9 @@ def annotate(photo: np.ndarray, detections, path: Path) -> None:
 
 def wrapper_pipeline(output_dir: Path, photo: np.ndarray) -> None:
     from rfdetr import RFDETRNano
-    from rfdetr.checkpoint import make_checkpoint
+    from rfdetr.checkpoints.durable import save_checkpoint
+    from rfdetr.checkpoints.files import make_checkpoint
     from rfdetr.classes import ClassTable
-    from rfdetr.durable import save_checkpoint
     from rfdetr.export import ONNXDetector
 
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from rfdetr.checkpoints.upstream import PredictStyle
 from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, ModelConfig
 from rfdetr.inference import check_threshold, prepare_batch, to_detections
 from rfdetr.models import PostProcess
-from rfdetr.upstream import PredictStyle
 
 logger = logging.getLogger(__name__)
 

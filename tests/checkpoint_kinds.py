@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from rfdetr.checkpoint import is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.durable import save_checkpoint
+from rfdetr.checkpoints.files import is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.surgery import shrink_class_heads, strip_class_heads
 from rfdetr.classes import ClassTable
 from rfdetr.config import model_config
 from rfdetr.datasets import make_synthetic_coco
-from rfdetr.durable import save_checkpoint
 from rfdetr.models import DETRsegm, build_detector
-from rfdetr.surgery import shrink_class_heads, strip_class_heads
 
 BOOST = 20.0
 TARGET = "dog"

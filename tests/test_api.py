@@ -11,7 +11,7 @@ import torch
 from conftest import golden
 
 from rfdetr import RFDETRNano, RFDETRSmall
-from rfdetr.checkpoint import CheckpointError, read_checkpoint
+from rfdetr.checkpoints.files import CheckpointError, read_checkpoint
 from rfdetr.classes import ClassTable
 
 

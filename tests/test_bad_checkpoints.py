@@ -15,9 +15,9 @@ import torch
 import shrink_head
 import strip_class_heads
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import CheckpointError, make_checkpoint, read_checkpoint
+from rfdetr.checkpoints.durable import save_checkpoint
+from rfdetr.checkpoints.files import CheckpointError, make_checkpoint, read_checkpoint
 from rfdetr.classes import ClassTable
-from rfdetr.durable import save_checkpoint
 
 
 class RunsCode:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import golden
 
-from rfdetr.checkpoint import (
+from rfdetr.checkpoints.durable import save_checkpoint
+from rfdetr.checkpoints.files import (
     CLASS_HEAD_PATTERNS,
     CheckpointError,
     checkpoint_class_table,
@@ -19,7 +20,6 @@ from rfdetr.checkpoint import (
 )
 from rfdetr.classes import ClassTable
 from rfdetr.config import model_config
-from rfdetr.durable import save_checkpoint
 from rfdetr.models import build_detector
 
 

@@ -14,13 +14,13 @@ import shrink_head
 import strip_class_heads
 import train_seg_stage2
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import CheckpointError, is_class_head_key, read_checkpoint
-from rfdetr.durable import save_checkpoint
+from rfdetr.checkpoints.durable import save_checkpoint
+from rfdetr.checkpoints.files import CheckpointError, is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.loading import load_model
+from rfdetr.checkpoints.upstream import PredictStyle
 from rfdetr.inference import prepare_batch
-from rfdetr.loading import load_model
 from rfdetr.models import PostProcess
 from rfdetr.models.lwdetr import CLASS_PRIOR_BIAS
-from rfdetr.upstream import PredictStyle
 
 # (class name, category id) of the top detection when the file is used on its own.
 ALONE = {"upstream-coco": ("dog", 18), "upstream-roboflow": ("dog", 2), "upstream-nameless": ("class_2", 2),

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 
 import train_detector_stage1
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import make_checkpoint
+from rfdetr.checkpoints.files import make_checkpoint
 from rfdetr.cli.main import main
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes

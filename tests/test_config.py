@@ -44,7 +44,7 @@ def test_assignment_is_validated_too():
 
 
 def test_a_stored_run_of_an_earlier_version_reads_its_retired_train_fields():
-    from rfdetr.checkpoint import stored_run_config
+    from rfdetr.checkpoints.files import stored_run_config
 
     train = {**TrainConfig(dataset_dir="data").model_dump(), "progress_bar": False}
     run = {"stage": "detector", "model": model_config("nano").model_dump(), "train": train}

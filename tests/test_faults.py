@@ -22,9 +22,9 @@ import psutil
 import pytest
 from pausing_writer import PAUSED
 
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.durable import TEMPORARY_SUFFIX
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.datasets import make_synthetic_coco
-from rfdetr.durable import TEMPORARY_SUFFIX
 
 pytestmark = pytest.mark.slow  # several short training processes
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,8 +17,7 @@ ROOT_SCRIPTS = {path.stem for path in PACKAGE.parent.glob("*.py")}
 FLOORS = {
     "rfdetr": 0, "rfdetr.config": 0, "rfdetr.classes": 0, "rfdetr.util": 0,
     "rfdetr.models": 1, "rfdetr.datasets": 1, "rfdetr.tracking": 1,
-    "rfdetr.checkpoint": 2, "rfdetr.durable": 2, "rfdetr.weights": 2, "rfdetr.surgery": 2, "rfdetr.loading": 2,
-    "rfdetr.upstream": 2, "rfdetr.accel": 2,
+    "rfdetr.checkpoints": 2, "rfdetr.accel": 2,
     "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.metrics": 3, "rfdetr.validation": 3,
     "rfdetr.validation_rules": 3, "rfdetr.validation_yolo": 3,
     "rfdetr.api": 4, "rfdetr.detr": 4, "rfdetr.export": 4, "rfdetr.inference": 4, "rfdetr.video": 4,

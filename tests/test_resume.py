@@ -16,7 +16,7 @@ import pytest
 
 import train_detector_stage1
 import train_seg_stage2
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.training import trainer as trainer_module
 

@@ -19,7 +19,7 @@ from conftest import tensorboard_tags
 import train_detector_stage1
 import train_seg_single_stage
 import train_seg_stage2
-from rfdetr.checkpoint import is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.files import is_class_head_key, read_checkpoint
 from rfdetr.config import TrainConfig
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.training.stages import STAGE1_CHECKPOINT_NAMES, find_stage1_checkpoint, start_run

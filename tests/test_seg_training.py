@@ -18,7 +18,7 @@ import torch
 from upstream_1_11_files import write_file
 
 from rfdetr import RFDETR
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.config import RunConfig, TrainConfig, mask_config, model_config
 from rfdetr.datasets.synthetic import make_synthetic_coco
 from rfdetr.models import build_criterion, build_detector

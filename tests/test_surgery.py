@@ -9,7 +9,7 @@ from test_lwdetr import ProposalRecorder
 import shrink_head
 import strip_class_heads
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.inference import prepare_batch
 
 

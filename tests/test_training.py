@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tensorboard_tags
 
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.config import RunConfig, TrainConfig, model_config
 from rfdetr.datasets import make_synthetic_coco
 from rfdetr.datasets.coco import dataset_classes

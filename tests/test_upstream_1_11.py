@@ -17,10 +17,10 @@ import torch
 from upstream_1_11_files import CLASS_NAMES, GOLDEN_DIR, KINDS, SQUARE_ROW, write_file
 
 from rfdetr import RFDETR
-from rfdetr.checkpoint import CheckpointError, checkpoint_class_table, is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.files import CheckpointError, checkpoint_class_table, is_class_head_key, read_checkpoint
+from rfdetr.checkpoints.loading import load_model
 from rfdetr.classes import ClassTable, upstream_class_table
 from rfdetr.config import SEG_SIZES, model_config
-from rfdetr.loading import load_model
 from rfdetr.models import build_detector
 
 SQUARE_CATEGORY_ID = 2  # the dataset's id of "square": parent "shapes" 0, circle 1, square 2, triangle 3

@@ -14,7 +14,7 @@ import torch
 
 from rfdetr import RFDETRNano
 from rfdetr.api import RFDETR
-from rfdetr.checkpoint import make_checkpoint
+from rfdetr.checkpoints.files import make_checkpoint
 from rfdetr.cli.main import main
 from rfdetr.tracking import ByteTracker
 from rfdetr.video import VideoError, VideoReader, predict_frames

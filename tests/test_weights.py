@@ -15,9 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from rfdetr.checkpoint import CheckpointError, read_checkpoint
+from rfdetr.checkpoints.download import (
+    WeightsDownloadError,
+    cache_dir,
+    download_file,
+    is_pretrained_name,
+    resolve_weights,
+)
+from rfdetr.checkpoints.files import CheckpointError, read_checkpoint
 from rfdetr.config import SEG_SIZES, SIZES, model_config
-from rfdetr.weights import WeightsDownloadError, cache_dir, download_file, is_pretrained_name, resolve_weights
 
 
 def _checkpoint_bytes() -> bytes:
@@ -154,7 +160,7 @@ def test_interrupt_removes_partial_file(server, cache, monkeypatch):
     def interrupted(path, **options):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("rfdetr.weights.read_checkpoint", interrupted)
+    monkeypatch.setattr("rfdetr.checkpoints.download.read_checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
         download_file(f"{server}/good.pth", cache / "model.pth")
     assert list(cache.iterdir()) == []

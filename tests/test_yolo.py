@@ -21,7 +21,7 @@ import train_detector_stage1
 import train_seg_stage2
 import validate_setup
 from rfdetr import RFDETRNano
-from rfdetr.checkpoint import read_checkpoint
+from rfdetr.checkpoints.files import read_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.datasets import build_dataset, dataset_classes, load_split, make_synthetic_coco, make_synthetic_yolo
 from rfdetr.datasets.synthetic import main as synthetic_main

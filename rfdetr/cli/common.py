@@ -209,10 +209,10 @@ def run_training(train: Callable[[], Any], metric: str) -> int:
     says how to resume; the last checkpoint is intact)."""
     import errno
 
-    from rfdetr.checkpoint import CheckpointError
+    from rfdetr.checkpoints.download import WeightsDownloadError
+    from rfdetr.checkpoints.files import CheckpointError
     from rfdetr.training.distributed import is_main_process
     from rfdetr.training.engine import NonFiniteLossError
-    from rfdetr.weights import WeightsDownloadError
 
     try:
         result = train()

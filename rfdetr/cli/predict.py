@@ -115,7 +115,7 @@ def predict_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_size_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from rfdetr.weights import WeightsDownloadError
+    from rfdetr.checkpoints.download import WeightsDownloadError
 
     try:
         if args.every < 1:

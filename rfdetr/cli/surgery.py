@@ -33,9 +33,9 @@ def shrink_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--keep", required=True, nargs="+", metavar="NAME", help="class names to keep, in order")
     args = parser.parse_args(argv)
 
-    from rfdetr.checkpoint import checkpoint_class_table, read_checkpoint
-    from rfdetr.durable import save_checkpoint
-    from rfdetr.surgery import head_rows, shrink_class_heads
+    from rfdetr.checkpoints.durable import save_checkpoint
+    from rfdetr.checkpoints.files import checkpoint_class_table, read_checkpoint
+    from rfdetr.checkpoints.surgery import head_rows, shrink_class_heads
 
     dropped: list[str] = []
     try:
@@ -71,9 +71,9 @@ def strip_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
     args = parser.parse_args(argv)
 
-    from rfdetr.checkpoint import read_checkpoint
-    from rfdetr.durable import save_checkpoint
-    from rfdetr.surgery import strip_class_heads
+    from rfdetr.checkpoints.durable import save_checkpoint
+    from rfdetr.checkpoints.files import read_checkpoint
+    from rfdetr.checkpoints.surgery import strip_class_heads
 
     dropped: list[str] = []
     try:

@@ -1,7 +1,7 @@
 """One builder for every training run, whatever its stage (:attr:`rfdetr.config.RunConfig.stage`).
 
 - ``"detector"`` (stage 1): the detector for the dataset's classes from pretrained weights (its
-  class heads keep every trained row the dataset's classes have, see :mod:`rfdetr.loading`);
+  class heads keep every trained row the dataset's classes have, see :mod:`rfdetr.checkpoints.loading`);
 - ``"masks"`` (stage 2): a mask head on the frozen detector of a stage-1 checkpoint, which must
   have a trained row for every class of the dataset; only the mask head trains, segm AP selects;
 - ``"joint"`` (single stage): detector and mask head trained together from pretrained weights.
@@ -21,12 +21,12 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from rfdetr.checkpoint import read_checkpoint, stored_run_config
+from rfdetr.checkpoints.files import read_checkpoint, stored_run_config
+from rfdetr.checkpoints.loading import load_model
 from rfdetr.classes import ClassTable
 from rfdetr.config import BUILT_IN_MASK_HEAD, RunConfig, StageName, TrainConfig, mask_config
 from rfdetr.datasets.coco_masks import count_masks
 from rfdetr.datasets.splits import dataset_classes, load_split
-from rfdetr.loading import load_model
 from rfdetr.models import DETRsegm, build_criterion, build_detector
 from rfdetr.models.mask_losses import add_mask_losses
 from rfdetr.training.trainer import Trainer, seed_everything

@@ -34,13 +34,13 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from rfdetr.accel import accelerate
-from rfdetr.checkpoint import make_checkpoint, read_checkpoint
+from rfdetr.checkpoints.durable import remove_stale_temporaries, save_checkpoint
+from rfdetr.checkpoints.files import make_checkpoint, read_checkpoint
 from rfdetr.classes import ClassTable
 from rfdetr.config import COCO_MAX_DETECTIONS, SIZE_PRESETS, RunConfig
 from rfdetr.datasets import build_dataset, collate_fn
 from rfdetr.datasets.splits import has_split
 from rfdetr.datasets.transforms import train_scales
-from rfdetr.durable import remove_stale_temporaries, save_checkpoint
 from rfdetr.models import PostProcess, build_criterion
 from rfdetr.training import distributed as dist
 from rfdetr.training.early_stopping import EarlyStopping

@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping
 
-from rfdetr.checkpoint import CheckpointError, read_checkpoint
+from rfdetr.checkpoints.files import CheckpointError, read_checkpoint
 
 logger = logging.getLogger(__name__)
 

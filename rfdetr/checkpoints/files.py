@@ -2,9 +2,9 @@
 
 Formats read: ours (``{"model", "config", "classes", ...}``), upstream RF-DETR / fork training
 files (``{"model", "args": Namespace or dict, ...}``, and from upstream 1.6 on Lightning files, see
-:mod:`rfdetr.upstream`) and bare state dicts. Loading is strict:
+:mod:`rfdetr.checkpoints.upstream`) and bare state dicts. Loading is strict:
 every difference is an explicit ``exclude`` pattern or an error. Files are written by
-:func:`rfdetr.durable.save_checkpoint` (atomic and durable).
+:func:`rfdetr.checkpoints.durable.save_checkpoint` (atomic and durable).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from rfdetr.classes import COCO_CATEGORIES, COCO_NUM_ROWS, ClassTable, upstream_class_table
-from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig, TrainConfig
-from rfdetr.upstream import (
+from rfdetr.checkpoints.upstream import (
     UpstreamFileError,
     drop_weightless_buffers,
     plain_checkpoint,
     upstream_geometry,
     upstream_version,
 )
+from rfdetr.classes import COCO_CATEGORIES, COCO_NUM_ROWS, ClassTable, upstream_class_table
+from rfdetr.config import RETIRED_MODEL_FIELDS, SIZE_PRESETS, MaskConfig, ModelConfig, RunConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def detector_state(state: Mapping) -> dict:
 def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False, dropped: list[str] | None = None) -> dict:
     """Load a ``.pth`` file as a dict with at least ``"model"`` (a bare state dict is wrapped).
 
-    An upstream Lightning file gives one set of weights (:func:`rfdetr.upstream.plain_checkpoint`); the
+    An upstream Lightning file gives one set of weights (:func:`rfdetr.checkpoints.upstream.plain_checkpoint`); the
     names of the copies it leaves out are appended to ``dropped``. Upstream's weightless keypoint buffer
     is removed from the weights.
 
@@ -220,7 +220,7 @@ def checkpoint_size(checkpoint: Mapping, source: str = "the checkpoint") -> str 
 
 
 def stored_upstream_geometry(checkpoint: Mapping, source: str = "the checkpoint") -> tuple[str, dict] | None:
-    """``(size, model-config fields)`` an upstream file records (:func:`rfdetr.upstream.upstream_geometry`)."""
+    """``(size, model-config fields)`` an upstream file records (:func:`.upstream.upstream_geometry`)."""
     try:
         return upstream_geometry(checkpoint, source)
     except UpstreamFileError as error:
@@ -265,7 +265,7 @@ def load_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], *, excl
     - keys matching an ``exclude`` fnmatch pattern are skipped and stay as initialised: this is
       the only way class heads are rebuilt (``exclude=CLASS_HEAD_PATTERNS``);
     - any shape difference is an error naming the key, both shapes and ``source``: class heads
-      of another size are first re-sliced (:mod:`rfdetr.surgery`) or excluded, never replaced here;
+      of another size are first re-sliced (:mod:`rfdetr.checkpoints.surgery`) or excluded, never replaced here;
     - a class head the file lacks (a stripped checkpoint) is an error that says what to pass;
     - with ``strict``, any other missing or unexpected key is an error.
     Query tables longer than the model's (more groups) are cut to its rows.

@@ -12,7 +12,7 @@ category ids; names that are all in the checkpoint keep the checkpoint's categor
 ``num_classes`` given -> that many classes (the checkpoint's if its head has that size);
 otherwise -> the checkpoint's classes (the COCO table for random weights; a checkpoint without
 class heads is then an error). The checkpoint's trained head rows are kept for every class it
-has, in any order or subset (:func:`rfdetr.surgery.fit_class_heads`); only when some class has
+has, in any order or subset (:func:`rfdetr.checkpoints.surgery.fit_class_heads`); only when some class has
 no trained row are the heads rebuilt (a WARNING names those classes), or, with
 ``require_trained_heads``, refused.
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rfdetr.accel import accelerate
-from rfdetr.checkpoint import (
+from rfdetr.checkpoints.files import (
     CLASS_HEAD_PATTERNS,
     DETECTOR_PREFIX,
     CheckpointError,
@@ -42,6 +42,8 @@ from rfdetr.checkpoint import (
     read_checkpoint,
     stored_upstream_geometry,
 )
+from rfdetr.checkpoints.surgery import fit_class_heads
+from rfdetr.checkpoints.upstream import PredictStyle, predict_style
 from rfdetr.classes import ClassTable
 from rfdetr.config import (
     BUILT_IN_MASK_HEAD,
@@ -54,8 +56,6 @@ from rfdetr.config import (
     wrapper_name,
 )
 from rfdetr.models import DETRsegm, build_detector
-from rfdetr.surgery import fit_class_heads
-from rfdetr.upstream import PredictStyle, predict_style
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class LoadedModel:
 
 def read_weights(pretrain_weights: str | os.PathLike) -> dict:
     """The checkpoint of a table name (downloaded if needed, read as trusted) or of a file path."""
-    from rfdetr.weights import is_pretrained_name, resolve_weights
+    from rfdetr.checkpoints.download import is_pretrained_name, resolve_weights
 
     return read_checkpoint(resolve_weights(pretrain_weights), trusted=is_pretrained_name(pretrain_weights))
 

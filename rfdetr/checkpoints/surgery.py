@@ -1,9 +1,9 @@
 """Checkpoint surgery on class heads: re-slice their rows for other classes, or remove them.
 
-Everything here works on state dicts and checkpoint dicts (see :mod:`rfdetr.checkpoint`) of
+Everything here works on state dicts and checkpoint dicts (see :mod:`rfdetr.checkpoints.files`) of
 every kind the project reads: upstream and our detector files (bare keys) and mask-model files
 (detector keys under ``detr.``). It touches exactly the class-head tensors
-(:data:`~rfdetr.checkpoint.CLASS_HEAD_PATTERNS`) of the model and, if present, of the EMA model.
+(:data:`~rfdetr.checkpoints.files.CLASS_HEAD_PATTERNS`) of the model and, if present, of the EMA model.
 Optimizer and scheduler state refer to the old heads, so they are dropped.
 
 Which old row serves which new row is decided by :func:`rfdetr.classes.match_rows`, the same
@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from rfdetr.checkpoint import (
+from rfdetr.checkpoints.files import (
     CheckpointError,
     checkpoint_class_table,
     class_head_rows,
@@ -73,7 +73,7 @@ def shrink_class_heads(checkpoint: Mapping, keep: Sequence[str]) -> dict:
 
     The classes are looked up in the stored class table (the COCO names for 91-row checkpoints).
     Unknown or repeated names raise ``ValueError`` listing the valid names; a checkpoint without
-    class heads raises :class:`~rfdetr.checkpoint.CheckpointError`. The result is checked before
+    class heads raises :class:`~rfdetr.checkpoints.files.CheckpointError`. The result is checked before
     it is returned, so a caller writes nothing that would not load.
     """
     table = checkpoint_class_table(checkpoint)
@@ -98,7 +98,7 @@ def shrink_class_heads(checkpoint: Mapping, keep: Sequence[str]) -> dict:
 def strip_class_heads(checkpoint: Mapping) -> dict:
     """A copy of ``checkpoint`` without any class-head tensor (and without a class table).
 
-    A checkpoint that has no class head to remove raises :class:`~rfdetr.checkpoint.CheckpointError`.
+    A checkpoint that has no class head to remove raises :class:`~rfdetr.checkpoints.files.CheckpointError`.
     """
     if not any(is_class_head_key(k) for k in checkpoint["model"]):
         raise CheckpointError("the checkpoint has no class heads to remove (it is already stripped)")
