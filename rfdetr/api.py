@@ -140,7 +140,7 @@ class RFDETR:
         :class:`~rfdetr.training.trainer.TrainResult`.
 
         ``retain_heap=True``: on the CPU, glibc's ``malloc`` keeps freed memory for the length of the run
-        (steps about 0.9x the time, the peak memory kept between steps; :mod:`rfdetr.util.heap`). It is a
+        (faster steps, the peak memory kept between steps; :mod:`rfdetr.util.heap`). It is a
         setting of the whole process, so it is off unless asked; the values found are restored afterwards.
         """
         from rfdetr.config import RunConfig, TrainConfig

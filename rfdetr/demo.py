@@ -115,8 +115,8 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
     # Early stopping off: the demo runs its fixed epochs on an 8-image validation split (noisy AP).
     quick = ["--dataset_dir", str(data), "--accum", "1", "--resolution", "128", "--multi_scale", "0",
              "--workers", "0", "--device", "cpu", "--early_stopping", "0", "--lr_scheduler", "cosine"]
-    # At 128 px activations are small: no recomputation in backward, and batches of 8 (measured: bbox AP
-    # on valid 0.21 after 60 epochs vs 0.04-0.11 with batches of 4 and 30 epochs, in 1.5x the time).
+    # At 128 px activations are small: no recomputation in backward, and batches of 8 (they learn more in
+    # the demo's time than batches of 4: docs/benchmarks.md).
     _run("train_detector_stage1.py", training.stage1_main([
         "--size", "nano", "--pretrain_weights", "none", "--output_dir", str(detector_run), "--epochs", str(epochs),
         "--num_queries", "20", "--group_detr", "1", "--lr", "1e-3", "--lr_encoder", "1e-3", "--batch", "8",

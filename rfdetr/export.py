@@ -173,7 +173,7 @@ def _session(path: Path, providers: list[str] | None = None):
 
     options = onnxruntime.SessionOptions()
     # As many threads as torch, and no spin-waiting after a run: between two runs, predict()
-    # decodes and resizes the next image on the same cores (measured: 8% faster predict()).
+    # decodes and resizes the next image on the same cores (docs/benchmarks.md).
     options.intra_op_num_threads = torch.get_num_threads()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])

@@ -5,7 +5,7 @@ CPU fp32 inference takes
 - ``"mkl"`` on Intel CPUs: MKL's sgemm with the weight packed once per row count, bit-identical to
   ``F.linear`` (measured faster there: docs/benchmarks.md);
 - ``"aten"`` (plain ``F.linear``) elsewhere: on an AMD EPYC neither packed MKL nor oneDNN's linear op
-  made the whole forward faster (nano 1.00x, base 0.97x, alternated on a quiet host).
+  made the whole forward faster (docs/benchmarks.md).
 
 ``RFDETR_CPU_LINEAR`` (``auto``, ``mkl``, ``onednn`` for oneDNN's linear op, or ``aten``) overrides the
 choice by vendor; a kernel this build lacks falls back to the other, then to ``F.linear``.

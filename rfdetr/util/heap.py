@@ -7,10 +7,9 @@ a 15,600 x 2,048 fp32 FFN activation is 122 MiB), so every step faults its worki
 by page, and the kernel zeroes every page first: about 370,000 page faults and 1 s of system time
 per step on a 2-core host. :func:`retained_heap` makes ``malloc`` serve every request from its
 heap (``M_MMAP_MAX = 0``) and keep what is freed (``M_TRIM_THRESHOLD`` raised), so that after a few
-steps every step reuses pages that earlier steps freed (nano: steps 0.90x the time). The process
-keeps its peak memory between steps instead of handing it back, and buffers of different sizes
-(multi-scale training) leave gaps that add to the peak (measured: at most +7% at one size, +21%
-over a 4-epoch multi-scale run).
+steps every step reuses pages that earlier steps freed (faster steps; docs/benchmarks.md has the
+figures). The process keeps its peak memory between steps instead of handing it back, and buffers of
+different sizes (multi-scale training) leave gaps that add to the peak.
 
 These settings belong to the whole process, so only a process this package owns turns them on by
 itself: the training scripts and the ``rfdetr train`` command. ``RFDETR.train()`` runs in the
