@@ -114,7 +114,7 @@ def train_variant(args: argparse.Namespace, data: Path, detector: Path, output: 
         classes = dataset_classes(data)
         loaded = load_model("nano", detector, class_names=classes, masks=False, require_trained_heads=True)
         torch.manual_seed(seed)
-        model = segmentation.DETRsegm(loaded.model, freeze_detr=True, mask_head="nano", image_stem=VARIANTS[variant]())
+        model = segmentation.DETRsegm(loaded.model, freeze_detr=True, mask_head="light", image_stem=VARIANTS[variant]())
         run = RunConfig(stage="masks", model=loaded.config, mask=mask_config("nano"),
                         train=quick_config(args, data, output, args.mask_epochs, seed))
         result = build_trainer(run, model, classes).fit()

@@ -33,7 +33,7 @@ own builder of ``(model, criterion)``.
     .venv/bin/python benchmarks/bench_train.py --masks --warmup 1 --steps 3 --json bench_masks.json
 
 The frozen detector runs in eval mode (one group of 300 queries) and only the mask head trains.
-Three ways to pick the queries that get a mask, for each mask head (nano, then small):
+Three ways to pick the queries that get a mask, for each mask head (light, then detr):
 
 - ``masks-matched``: the real stage-2 criterion (detection terms + ``add_mask_losses``): masks only
   for the Hungarian-matched queries, a handful per image;
@@ -152,7 +152,7 @@ class Stage2Build:
     :class:`AllQueryMaskLoss` with that many query slots per image (same weights).
     """
 
-    mask_head: str = "nano"
+    mask_head: str = "light"
     query_slots: int | None = None
 
     def __call__(self, config: ModelConfig, train_config: TrainConfig) -> tuple[nn.Module, SetCriterion]:
@@ -214,10 +214,10 @@ def _mask_rows(head: str, suffix: str, fallback_slots: tuple[int, int]) -> dict[
                                        fallback_slots)}
 
 
-# masks-3900 needs ~3.6 MB (nano head) / ~11 MB (small head) per mask pair kept for backward: ~28 / ~86 GB.
+# masks-3900 needs ~3.6 MB (light head) / ~11 MB (detr head) per mask pair kept for backward: ~28 / ~86 GB.
 # The fallback points stay under ~9 / ~12 GB and span a 3x range so the linear fit is not dominated by noise.
-CONFIGURATIONS.update(_mask_rows("nano", "", fallback_slots=(300, 900)))
-CONFIGURATIONS.update(_mask_rows("small", "-small", fallback_slots=(150, 450)))
+CONFIGURATIONS.update(_mask_rows("light", "", fallback_slots=(300, 900)))
+CONFIGURATIONS.update(_mask_rows("detr", "-detr", fallback_slots=(150, 450)))
 
 
 # ---- measurement ---------------------------------------------------------------------------------

@@ -313,10 +313,13 @@ class TrainConfig(BaseModel):
 
 # The size a training script builds when --size is not given (stage 2 takes its detector's).
 DEFAULT_SCRIPT_SIZE = {"detector": "small", "joint": "nano"}
-MASK_HEADS: tuple[str, ...] = ("small", "nano")
+# DETRsegm's mask heads: "detr" (DETR's FPN-style head, MaskHeadSmallConv) and "light" (MaskHeadNano, for the
+# nano size). Files of earlier versions call them "small" and "nano", the names of model sizes.
+MASK_HEADS: tuple[str, ...] = ("detr", "light")
+RETIRED_MASK_HEAD_NAMES = {"small": "detr", "nano": "light"}
 # "built-in": the mask head inside the detector of a segmentation size (upstream 1.11's, rfdetr.models.seg_head)
 BUILT_IN_MASK_HEAD = "built-in"
-MaskHeadName = Literal["small", "nano", "built-in"]
+MaskHeadName = Literal["detr", "light", "built-in"]
 # Loss weights of the built-in head (upstream 1.11's mask_ce_loss_coef and mask_dice_loss_coef).
 BUILT_IN_MASK_LOSS_COEFS = {"mask_loss_coef": 5.0, "dice_loss_coef": 5.0}
 StageName = Literal["detector", "masks", "joint"]
@@ -325,7 +328,7 @@ StageName = Literal["detector", "masks", "joint"]
 class MaskConfig(BaseModel):
     """The mask head of a segmentation model and how it trains.
 
-    ``mask_head``: ``"nano"`` (light, for the nano size) or ``"small"`` (DETR's head), both wrapped
+    ``mask_head``: ``"light"`` (for the nano size) or ``"detr"`` (DETR's head), both wrapped
     around the detector (``DETRsegm``), or ``"built-in"``: the detector of a segmentation size has its
     own (it trains with the detector, single stage); ``frozen_detector``: stage 2 (only the mask head
     trains) or single stage (everything trains).
@@ -338,15 +341,20 @@ class MaskConfig(BaseModel):
     mask_loss_coef: float = Field(1.0, ge=0)
     dice_loss_coef: float = Field(1.0, ge=0)
 
+    @field_validator("mask_head", mode="before")
+    @classmethod
+    def _earlier_names(cls, value: Any) -> Any:
+        return RETIRED_MASK_HEAD_NAMES.get(value, value) if isinstance(value, str) else value
+
 
 def mask_config(size: str, *, built_in: bool = False, **overrides) -> MaskConfig:
-    """The :class:`MaskConfig` of ``size``: the nano head for nano, DETR's small head otherwise; with
+    """The :class:`MaskConfig` of ``size``: the light head for nano, DETR's head otherwise; with
     ``built_in`` (a detector with its own mask head) that head, trained with the detector."""
     given = {k: v for k, v in overrides.items() if v is not None}  # None: "not given"
     if built_in:
         return MaskConfig(**{"mask_head": BUILT_IN_MASK_HEAD, "frozen_detector": False, **BUILT_IN_MASK_LOSS_COEFS,
                              **given})
-    return MaskConfig(**{"mask_head": "nano" if size == "nano" else "small", **given})
+    return MaskConfig(**{"mask_head": "light" if size == "nano" else "detr", **given})
 
 
 class RunConfig(BaseModel):

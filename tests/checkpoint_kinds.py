@@ -116,8 +116,8 @@ def write_kind(kind: str, folder: Path, upstream_coco: Path) -> Path:
         stage1 = _ours_stage1(coco)
         detector = build_detector(model_config("nano", num_classes=len(DATASET_NAMES)))
         detector.load_state_dict(stage1["model"])
-        model = DETRsegm(detector, freeze_detr=True, mask_head="nano")
-        checkpoint = {**stage1, "model": model.state_dict(), "masks": {"mask_head": "nano", "frozen_detector": True}}
+        model = DETRsegm(detector, freeze_detr=True, mask_head="light")
+        checkpoint = {**stage1, "model": model.state_dict(), "masks": {"mask_head": "light", "frozen_detector": True}}
     else:
         checkpoint = {"upstream-coco": lambda: coco,
                       "upstream-roboflow": lambda: _upstream_fine_tune(coco, with_names=True),

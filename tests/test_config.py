@@ -66,3 +66,11 @@ def test_the_stage_follows_from_the_mask_config():
     assert stored["stage"] == "masks" and RunConfig.model_validate(stored).stage == "masks"
     with pytest.raises(pydantic.ValidationError, match="does not match the mask config"):
         RunConfig.model_validate({**stored, "stage": "joint"})
+
+
+def test_mask_heads_are_not_named_like_model_sizes_and_earlier_names_still_read():
+    from rfdetr.config import MASK_HEADS, MaskConfig, mask_config
+
+    assert not set(MASK_HEADS) & set(SIZES)
+    assert mask_config("nano").mask_head == "light" and mask_config("small").mask_head == "detr"
+    assert MaskConfig(mask_head="nano").mask_head == "light" and MaskConfig(mask_head="small").mask_head == "detr"

@@ -239,7 +239,7 @@ def test_real_detrsegm_losses_backpropagate_into_the_mask_head_only():
     import copy
 
     from rfdetr.models.segmentation import DETRsegm
-    model = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").train()
+    model = DETRsegm(copy.deepcopy(_nano()), mask_head="light").train()
     sizes = [(96, 128), (128, 64)]
     generator = torch.Generator().manual_seed(0)
     samples = nested_tensor_from_images([torch.randn(3, h, w, generator=generator) for h, w in sizes])
@@ -262,7 +262,7 @@ def test_each_models_outputs_are_scored_with_the_mask_head_of_the_model_given():
 
     from rfdetr.models.segmentation import DETRsegm
     from rfdetr.training.ema import ModelEMA
-    live = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").eval()
+    live = DETRsegm(copy.deepcopy(_nano()), mask_head="light").eval()
     ema = ModelEMA(live, decay=0.9, tau=0).module
     with torch.no_grad():
         for parameter in ema.mask_head.parameters():
@@ -296,7 +296,7 @@ def test_evaluation_scores_and_post_processes_each_model_with_its_own_mask_head(
     from rfdetr.models.segmentation import DETRsegm
     from rfdetr.training.ema import ModelEMA
     from rfdetr.training.engine import evaluate
-    live = DETRsegm(copy.deepcopy(_nano()), mask_head="nano").eval()
+    live = DETRsegm(copy.deepcopy(_nano()), mask_head="light").eval()
     ema = ModelEMA(live, decay=0.9, tau=0).module
     with torch.no_grad():
         for parameter in ema.mask_head.parameters():

@@ -107,7 +107,7 @@ def test_real_detrsegm_masks_for_the_top_detections_only():
     from rfdetr.models.segmentation import DETRsegm
 
     torch.manual_seed(0)
-    model = DETRsegm(build_detector(model_config("nano", num_queries=20)), mask_head="nano").eval()
+    model = DETRsegm(build_detector(model_config("nano", num_queries=20)), mask_head="light").eval()
     counts = []
     predict = model.predict_masks
     model.predict_masks = lambda context, b, q: counts.append(len(b)) or predict(context, b, q)

@@ -93,9 +93,9 @@ def test_stage2_resumes_from_the_run_folder_alone(data, tmp_path, monkeypatch, c
                                        "--output_dir", str(detector), *TINY, "--epochs", "1", *TINY_MODEL]) == 0
     common = ["--stage1_run", str(detector), "--dataset_dir", str(data), *TINY]
     whole, stopped, out = whole_and_resumed(train_seg_stage2, common, tmp_path, monkeypatch, capsys)
-    assert re.search(r"^mask head:\s+nano$", out, re.M)
+    assert re.search(r"^mask head:\s+light$", out, re.M)
     assert_same_logs(log(stopped), log(whole))
-    assert read_checkpoint(stopped / "checkpoint_best_total.pth")["masks"]["mask_head"] == "nano"
+    assert read_checkpoint(stopped / "checkpoint_best_total.pth")["masks"]["mask_head"] == "light"
 
 
 def test_model_flags_cannot_change_on_resume(data, tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data,
     summary = json.loads((run / "stage2_config.json").read_text())
     assert summary["stage"] == "masks" and summary["size"] == "nano" and summary["resolution"] == 128
     assert summary["started_from"]["stage-1 checkpoint"] == str(stage1_run / "checkpoint_best_total.pth")
-    assert summary["classes"] == ["circle", "square", "triangle"] and summary["mask_head"] == "nano"
+    assert summary["classes"] == ["circle", "square", "triangle"] and summary["mask_head"] == "light"
     counts = summary["parameter_counts"]
     assert counts["detector_trainable"] == 0 and counts["detector_frozen"] > 0 and counts["mask_head_trainable"] > 0
     assert counts["detector_trainable_tensors"] == 0 < counts["detector_frozen_tensors"] < counts["detector_frozen"]
@@ -78,7 +78,7 @@ def test_stage2_trains_the_mask_head_on_the_unchanged_detector(stage1_run, data,
     assert summary["train_config"]["epochs"] == 1 and summary["lr"] == 1e-4
 
     best = read_checkpoint(run / "checkpoint_best_total.pth")
-    assert best["masks"]["mask_head"] == "nano"
+    assert best["masks"]["mask_head"] == "light"
     assert {key.split(".")[0] for key in best["model"]} >= {"detr", "mask_head"}
     assert "masks" in json.loads((run / "results.json").read_text())
     assert "valid_segm_AP" in json.loads((run / "log.txt").read_text().splitlines()[-1])
@@ -223,12 +223,12 @@ def test_single_stage_script_trains_detector_and_mask_head(upstream_nano_file, d
     assert code == 0, out
     assert "RT-DETR-Seg single stage" in out
     summary = json.loads((run / "single_stage_config.json").read_text())
-    assert summary["started_from"]["pretrained"] == str(upstream_nano_file) and summary["mask_head"] == "nano"
+    assert summary["started_from"]["pretrained"] == str(upstream_nano_file) and summary["mask_head"] == "light"
     counts = summary["parameter_counts"]
     assert counts["detector_frozen"] == 384  # UNUSED_MASK_TOKEN
     assert counts["detector_trainable"] > 0 and counts["mask_head_trainable"] > 0
     checkpoint = read_checkpoint(run / "checkpoint.pth")
-    assert checkpoint["masks"] == {"mask_head": "nano", "frozen_detector": False, "mask_loss_coef": 1.0,
+    assert checkpoint["masks"] == {"mask_head": "light", "frozen_detector": False, "mask_loss_coef": 1.0,
                                    "dice_loss_coef": 1.0}
     assert checkpoint["run"]["stage"] == "joint"
     start = read_checkpoint(upstream_nano_file)["model"]

@@ -50,7 +50,7 @@ def indices(*pairs: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_mask_logits_at_stride_4_for_nano_native_resolution():
-    model = DETRsegm(filled_nano(), mask_head="small").eval()
+    model = DETRsegm(filled_nano(), mask_head="detr").eval()
     with torch.no_grad():
         out = model(images(batch=1, side=384))
         context = out["mask_context"]
@@ -64,7 +64,7 @@ def test_mask_logits_at_stride_4_for_nano_native_resolution():
 
 
 def test_padded_batch_masks_cover_the_padded_canvas():
-    model = DETRsegm(filled_nano(), mask_head="nano").eval()
+    model = DETRsegm(filled_nano(), mask_head="light").eval()
     batch = [torch.randn(3, 96, 128), torch.randn(3, 128, 64)]
     with torch.no_grad():
         out = model(batch)
@@ -78,7 +78,7 @@ def test_every_size_builds_both_heads_and_predicts_masks(size):
     config = model_config(size, num_queries=10)
     detector = build_detector(config).eval()
     side = 2 * config.block_size
-    for head in ("small", "nano"):
+    for head in ("detr", "light"):
         model = DETRsegm(detector, freeze_detr=True, mask_head=head)
         model.mask_chunk = 2  # 3 queries -> two chunks
         with torch.no_grad():
@@ -117,7 +117,7 @@ def test_frozen_detector_outputs_identical_no_grad_and_stays_in_eval():
 def test_unfrozen_detector_trains_with_all_groups_and_gets_gradients():
     detector = filled_nano()
     plain = copy.deepcopy(detector).train()
-    model = DETRsegm(detector, freeze_detr=False, mask_head="nano").train()
+    model = DETRsegm(detector, freeze_detr=False, mask_head="light").train()
     assert model.detr.training
     assert [p.requires_grad for p in model.detr.parameters()] == [p.requires_grad for p in plain.parameters()]
     x = images(batch=1)
@@ -140,7 +140,7 @@ def test_unfrozen_detector_trains_with_all_groups_and_gets_gradients():
 
 def test_state_dict_prefixes_and_strict_loading_of_a_detector_checkpoint():
     detector_state = filled_nano().state_dict()
-    model = DETRsegm(build_detector(model_config("nano", num_queries=NUM_QUERIES)), mask_head="nano")
+    model = DETRsegm(build_detector(model_config("nano", num_queries=NUM_QUERIES)), mask_head="light")
     state = model.state_dict()
     detector_keys = {key for key in state if key.startswith("detr.")}
     assert detector_keys == {"detr." + key for key in detector_state}
@@ -176,7 +176,7 @@ def test_nano_head_has_at_most_half_the_parameters_and_flops():
     assert flops[1] <= 0.5 * flops[0], flops
 
 
-@pytest.mark.parametrize("head", ["small", "nano"])
+@pytest.mark.parametrize("head", ["detr", "light"])
 def test_gradient_reaches_every_mask_parameter_and_not_the_frozen_detector(head):
     model = DETRsegm(filled_nano(), freeze_detr=True, mask_head=head).train()
     out = model(images())
@@ -190,7 +190,7 @@ def test_gradient_reaches_every_mask_parameter_and_not_the_frozen_detector(head)
 
 
 def test_masks_do_not_depend_on_the_other_images_of_the_batch():
-    model = DETRsegm(filled_nano(), mask_head="small").eval()
+    model = DETRsegm(filled_nano(), mask_head="detr").eval()
     batch = nested_tensor_from_images([torch.randn(3, 64, 96), torch.randn(3, 128, 128)])
     first = NestedTensor(batch.tensors[:1], batch.mask[:1])  # same image on the same padded canvas
     pairs = indices((0, 0), (0, 4), (0, 11))
@@ -202,7 +202,7 @@ def test_masks_do_not_depend_on_the_other_images_of_the_batch():
     torch.testing.assert_close(masks_alone, masks_together, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("head", ["small", "nano"])
+@pytest.mark.parametrize("head", ["detr", "light"])
 def test_the_query_steers_the_mask_from_the_start(head):
     """Different queries of one image get clearly different masks from a freshly built head.
 
@@ -247,7 +247,7 @@ def test_attention_maps_softmax_over_heads_and_positions_and_ignore_padding():
 
 
 def test_a_deepcopy_predicts_with_its_own_head_and_the_context_holds_tensors_only():
-    model = DETRsegm(filled_nano(), mask_head="nano").eval()
+    model = DETRsegm(filled_nano(), mask_head="light").eval()
     twin = copy.deepcopy(model)  # what EMA does
     x = images(batch=1)
     pairs = indices((0, 2))
@@ -266,7 +266,7 @@ def test_a_deepcopy_predicts_with_its_own_head_and_the_context_holds_tensors_onl
 
 
 def test_chunking_empty_requests_and_invalid_arguments():
-    model = DETRsegm(filled_nano(), mask_head="nano").eval()
+    model = DETRsegm(filled_nano(), mask_head="light").eval()
     with torch.no_grad():
         context = model(images())["mask_context"]
         pairs = indices(*[(i % 2, i) for i in range(7)])

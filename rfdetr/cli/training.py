@@ -182,7 +182,8 @@ def _parser(doc: str, prog: str | None, size_help: str | None = None) -> argpars
 
 def _add_mask_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask_head", choices=MASK_HEADS, default=None,
-                        help="mask head architecture (default: nano for the nano size, small otherwise)")
+                        help="mask head architecture: light (MaskHeadNano) or detr (DETR's head) (default: light "
+                             "for the nano size, detr otherwise)")
     parser.add_argument("--mask_loss_coef", type=float, default=None,
                         help=described("weight of the per-pixel mask loss, sigmoid BCE", "mask_loss_coef", "mask"))
     parser.add_argument("--dice_loss_coef", type=float, default=None,

@@ -195,4 +195,4 @@ class MaskHeadNano(ConvMaskHead):
         super().__init__(hidden_dim, num_heads, fine_channels, widths, groups=4)
 
 
-MASK_HEADS: dict[str, type[ConvMaskHead]] = {"small": MaskHeadSmallConv, "nano": MaskHeadNano}
+MASK_HEADS: dict[str, type[ConvMaskHead]] = {"detr": MaskHeadSmallConv, "light": MaskHeadNano}

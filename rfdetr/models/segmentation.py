@@ -67,7 +67,7 @@ class MaskContext:
 class DETRsegm(nn.Module):
     """A detector plus a mask head. See :meth:`forward` and :meth:`predict_masks`."""
 
-    def __init__(self, detr: LWDETR, *, freeze_detr: bool = True, mask_head: Literal["small", "nano"] = "small",
+    def __init__(self, detr: LWDETR, *, freeze_detr: bool = True, mask_head: Literal["detr", "light"] = "detr",
                  mask_chunk: int = 32, image_stem: nn.Module | None = None):
         """image_stem: the module that gives the stride-8 and stride-4 maps (``out_channels``),
         default :class:`~rfdetr.models.mask_heads.ImageStem`."""
