@@ -2,12 +2,12 @@
 
     python shrink_head.py --in_ckpt rf-detr-nano.pth --out_ckpt nano-person-dog.pth --keep person dog
 
-The command is :func:`rfdetr.cli.surgery.shrink_main`; ``--help`` lists every flag.
+The command is :func:`rfdetr.cli.shrink.shrink_main`; ``--help`` lists every flag.
 """
 
 import sys
 
-from rfdetr.cli.surgery import shrink_main as main
+from rfdetr.cli.shrink import shrink_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,12 +2,12 @@
 
     python strip_class_heads.py rf-detr-nano.pth nano-no-heads.pth
 
-The command is :func:`rfdetr.cli.surgery.strip_main`; ``--help`` lists every flag.
+The command is :func:`rfdetr.cli.strip.strip_main`; ``--help`` lists every flag.
 """
 
 import sys
 
-from rfdetr.cli.surgery import strip_main as main
+from rfdetr.cli.strip import strip_main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -103,7 +103,7 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
     import shutil
 
     from rfdetr import RFDETRNano
-    from rfdetr.cli import surgery, training, validate
+    from rfdetr.cli import shrink, training, validate
     from rfdetr.datasets import make_synthetic_coco
 
     data, detector_run, mask_run = output_dir / "synthetic", output_dir / "detector_run", output_dir / "mask_run"
@@ -122,7 +122,7 @@ def training_pipeline(output_dir: Path, epochs: int, mask_epochs: int) -> None:
         "--num_queries", "20", "--group_detr", "1", "--lr", "1e-3", "--lr_encoder", "1e-3", "--batch", "8",
         "--gradient_checkpointing", "0", *quick]))
     print("\nshrink_head.py on the COCO-table checkpoint (keeps person and dog in every class head):")
-    _run("shrink_head.py", surgery.shrink_main(["--in_ckpt", str(output_dir / "rf-detr-nano-filled.pth"),
+    _run("shrink_head.py", shrink.shrink_main(["--in_ckpt", str(output_dir / "rf-detr-nano-filled.pth"),
                                              "--out_ckpt", str(output_dir / "nano-person-dog.pth"),
                                              "--keep", "person", "dog"]))
     _run("train_seg_stage2.py", training.stage2_main([

@@ -50,7 +50,7 @@ def imports_of(path: Path, source: str | None = None) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # "from rfdetr.cli import surgery" imports the submodule rfdetr.cli.surgery
+            # "from rfdetr.cli import shrink" imports the submodule rfdetr.cli.shrink
             found += [(f"{node.module}.{alias.name}" if _is_module(f"{node.module}.{alias.name}") else node.module,
                        node.lineno) for alias in node.names]
     return found

@@ -120,7 +120,7 @@ def _head_tensors(checkpoint: dict) -> dict[str, torch.Tensor]:
 
 
 def test_shrink_keeps_the_named_row_and_leaves_no_stale_copy(upstream_file, tmp_path, capsys):
-    from rfdetr.cli.surgery import shrink_main
+    from rfdetr.cli.shrink import shrink_main
 
     source = upstream_file("nano", "total")
     out = tmp_path / "square.pth"
@@ -140,7 +140,7 @@ def test_shrink_keeps_the_named_row_and_leaves_no_stale_copy(upstream_file, tmp_
 
 @pytest.mark.parametrize("kind", ["total", "last"])
 def test_strip_leaves_no_class_head_tensor_anywhere(upstream_file, tmp_path, kind):
-    from rfdetr.cli.surgery import strip_main
+    from rfdetr.cli.strip import strip_main
 
     source = upstream_file("nano", kind)
     assert _head_tensors(torch.load(source, map_location="cpu", weights_only=True))  # the file has them

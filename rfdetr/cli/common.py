@@ -235,3 +235,10 @@ def run_training(train: Callable[[], Any], metric: str) -> int:
         print(f"done: best {metric} AP {result.best_metric:.4f} at epoch {result.best_epoch}; "
               f"weights in {result.output_dir}/checkpoint_best_total.pth")
     return 0
+
+
+def say_dropped_copies(dropped: list[str]) -> None:
+    """Tell the user which copies of the weights an upstream file held that the written file leaves out."""
+    if dropped:
+        print(f"left out upstream's Lightning copies ({', '.join(dropped)}): the file keeps one set of weights, "
+              "its 'model'")

@@ -17,15 +17,15 @@ from typing import Callable
 
 
 def _commands() -> dict[str, tuple[str, Callable[[list[str]], int]]]:
-    from rfdetr.cli import export, predict, surgery, validate
+    from rfdetr.cli import export, predict, shrink, strip, validate
 
     return {
         "predict": ("detect/segment objects in images; annotated copies + COCO results JSON", predict.predict_main),
         "train": ("train: detector (stage 1), masks (stage 2) or single-stage", _train),
         "validate": ("check the environment and a COCO or YOLO dataset folder", validate.main),
         "export": ("export a checkpoint to ONNX (optionally int8)", export.export_main),
-        "shrink": ("keep only some classes of a checkpoint's class heads", surgery.shrink_main),
-        "strip": ("remove the class heads of a checkpoint", surgery.strip_main),
+        "shrink": ("keep only some classes of a checkpoint's class heads", shrink.shrink_main),
+        "strip": ("remove the class heads of a checkpoint", strip.strip_main),
     }
 
 

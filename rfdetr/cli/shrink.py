@@ -1,11 +1,11 @@
-"""The checkpoint-surgery commands: ``shrink_head.py`` and ``strip_class_heads.py``."""
+"""``shrink_head.py`` / ``rfdetr shrink``: keep only some classes of a checkpoint's class heads."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from rfdetr.cli.common import command_doc
+from rfdetr.cli.common import command_doc, say_dropped_copies
 
 SHRINK_DOC = """Keep only some classes of a checkpoint's class heads (e.g. a COCO checkpoint -> person, dog).
 
@@ -14,14 +14,6 @@ SHRINK_DOC = """Keep only some classes of a checkpoint's class heads (e.g. a COC
 Names are looked up in the checkpoint's class table (the COCO names for the published 91-row
 checkpoints). Every class head (the final one and the 13 two-stage heads) is sliced the same way,
 a spare row is kept, and the new class table is stored. The result is verified by reloading it.
-"""
-
-STRIP_DOC = """Remove every class-head tensor from a checkpoint, so that it loads into a model with any class count.
-
-    {prog} rf-detr-nano.pth nano-no-heads.pth
-
-Everything else (backbone, projector, decoder, box heads, queries) is kept; the model that loads
-the result gets fresh class heads. Optimizer state and the class table are dropped.
 """
 
 
@@ -53,38 +45,6 @@ def shrink_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     print(f"class head: {head_rows(checkpoint)} -> {head_rows(reloaded)} rows "
           f"({len(args.keep)} classes + 1 spare); classes: {', '.join(table.names)}")
-    _say_dropped(dropped)
+    say_dropped_copies(dropped)
     print(f"wrote {args.out_ckpt} (verified by reloading)")
     return 0
-
-
-def _say_dropped(dropped: list[str]) -> None:
-    if dropped:
-        print(f"left out upstream's Lightning copies ({', '.join(dropped)}): the file keeps one set of weights, "
-              "its 'model'")
-
-
-def strip_main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=command_doc(STRIP_DOC, prog, "strip_class_heads.py"),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("in_ckpt", help="checkpoint to read (.pth)")
-    parser.add_argument("out_ckpt", help="checkpoint to write (.pth); written atomically")
-    args = parser.parse_args(argv)
-
-    from rfdetr.checkpoints.durable import save_checkpoint
-    from rfdetr.checkpoints.files import read_checkpoint
-    from rfdetr.checkpoints.surgery import strip_class_heads
-
-    dropped: list[str] = []
-    try:
-        checkpoint = read_checkpoint(args.in_ckpt, dropped=dropped)
-        stripped = strip_class_heads(checkpoint)
-        save_checkpoint(stripped, args.out_ckpt)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    removed = len(checkpoint["model"]) - len(stripped["model"])
-    _say_dropped(dropped)
-    print(f"removed {removed} class-head tensors; kept {len(stripped['model'])}; wrote {args.out_ckpt}")
-    return 0
-
