@@ -254,14 +254,19 @@ def test_multi_scale_sides_follow_the_training_resolution(tiny_dataset, tmp_path
     assert upstream._batch_scales() == list(range(64, 353, 32))
 
 
-@pytest.mark.slow  # a training run
-def test_cpu_training_steps_run_in_a_retained_heap(tiny_dataset, tmp_path, monkeypatch):
+@pytest.mark.slow  # a script run and an API run
+def test_the_scripts_train_in_a_retained_heap_and_the_api_only_when_asked(tiny_dataset, tmp_path, monkeypatch):
+    """The heap setting belongs to the whole process: the front ends (this package's processes) switch it on
+    around the run; RFDETR.train() in a user's process leaves it as it was unless retain_heap=True."""
     import contextlib
 
+    from rfdetr import RFDETRNano, api
+    from rfdetr.cli.training import stage1_main
     from rfdetr.training import trainer as trainer_module
+    from rfdetr.util import heap
 
     events = []
-    real_heap, real_epoch = trainer_module.retained_heap, trainer_module.train_one_epoch
+    real_heap, real_epoch = heap.retained_heap, trainer_module.train_one_epoch
 
     @contextlib.contextmanager
     def watched_heap(enabled=True):
@@ -275,7 +280,18 @@ def test_cpu_training_steps_run_in_a_retained_heap(tiny_dataset, tmp_path, monke
         return real_epoch(*arguments, **keywords)
 
     monkeypatch.delenv("RFDETR_CPU_HEAP", raising=False)
-    monkeypatch.setattr(trainer_module, "retained_heap", watched_heap)
+    monkeypatch.setattr(heap, "retained_heap", watched_heap)
+    monkeypatch.setattr(api, "retained_heap", watched_heap)
     monkeypatch.setattr(trainer_module, "train_one_epoch", watched_epoch)
-    _trainer(tiny_dataset, tmp_path, epochs=2, use_ema=False, run_test=False, plots=False).fit()
+    assert stage1_main(["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(tiny_dataset),
+                        "--output_dir", str(tmp_path / "script"), "--epochs", "2", "--batch", "2", "--accum", "1",
+                        "--resolution", "128", "--multi_scale", "0", "--workers", "0", "--device", "cpu",
+                        "--num_queries", "20", "--group_detr", "1", "--tensorboard", "0", "--run_test", "0"]) == 0
     assert events == [("heap", True, True), ("epoch",), ("epoch",), ("heap closed",)]
+    events.clear()
+    model = RFDETRNano(pretrain_weights=None, class_names=dataset_classes(tiny_dataset).names, device="cpu",
+                       resolution=128, num_queries=20, group_detr=1)
+    model.train(dataset_dir=str(tiny_dataset), output_dir=str(tmp_path / "api"), epochs=1, batch_size=2,
+                grad_accum_steps=1, multi_scale=False, num_workers=0, device="cpu", tensorboard=False,
+                run_test=False, plots=False, progress="none")
+    assert events == [("heap", False, False), ("epoch",), ("heap closed",)]
