@@ -38,7 +38,17 @@ def is_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-class VideoReader:
+class _ClosedOnExit:
+    """A context manager whose exit (also after an error) calls the subclass's ``close``."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class VideoReader(_ClosedOnExit):
     """An open video file: ``fps``, ``frame_count`` (from the header; 0 when unknown), ``width``, ``height``.
 
     Use as a context manager (the file is released on exit); :meth:`frames` decodes it.
@@ -89,14 +99,8 @@ class VideoReader:
     def close(self) -> None:
         self._capture.release()
 
-    def __enter__(self) -> VideoReader:
-        return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-
-class VideoWriter:
+class VideoWriter(_ClosedOnExit):
     """Writes RGB frames of one size to ``path``: MJPG for ``.avi``, MPEG-4 Part 2 (mp4v) otherwise.
 
     A context manager: the file is finished on exit, also after an error, so a partial video plays.
@@ -121,12 +125,6 @@ class VideoWriter:
 
     def close(self) -> None:
         self._writer.release()
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
 
 
 @dataclass(frozen=True)
