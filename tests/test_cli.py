@@ -92,6 +92,30 @@ def test_train_detector_is_the_stage1_script(small_set, tmp_path):
     assert logs[0]["valid_bbox_AP"] == pytest.approx(logs[1]["valid_bbox_AP"], abs=1e-6)
 
 
+
+@pytest.mark.parametrize(("front_end", "processes", "hint"), [
+    ("rfdetr", 1, "rfdetr train detector --resume {run}"),
+    ("rfdetr", 2, "torchrun --nproc_per_node=2 -m rfdetr.cli.main train detector --resume {run}"),
+    ("script", 1, "python train_detector_stage1.py --resume {run}"),
+])
+def test_ctrl_c_names_the_command_that_continues_the_run(front_end, processes, hint, small_set, tmp_path,
+                                                         monkeypatch, capsys):
+    from rfdetr.training import distributed
+    from rfdetr.training.trainer import Trainer
+
+    def interrupted_fit(self):  # Ctrl-C in the middle of the run, on a run of `processes` processes
+        monkeypatch.setattr(distributed, "world_size", lambda: processes)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "fit", interrupted_fit)
+    run = tmp_path / "run"
+    flags = ["--size", "nano", "--pretrain_weights", "none", "--dataset_dir", str(small_set), "--resolution", "128",
+             "--num_queries", "20", "--group_detr", "1", "--device", "cpu", "--tensorboard", "0",
+             "--output_dir", str(run)]
+    code = main(["train", "detector", *flags]) if front_end == "rfdetr" else train_detector_stage1.main(flags)
+    assert code == 130
+    assert f"continue with: {hint.format(run=run)}\n" in capsys.readouterr().err
+
 def test_mask_checkpoint_predicts_rle_masks_and_exports_with_int8(small_set, tmp_path):
     classes = dataset_classes(small_set)
     torch.manual_seed(0)

@@ -127,7 +127,7 @@ def stage1_main(argv: list[str] | None = None, prog: str | None = None) -> int:
                       model_overrides=model_overrides(args)), {"pretrained": weights or "none (random)"}
 
     return _train(args, new_run, ("size", "pretrain_weights", "pretrain_exclude_keys", *MODEL_FLAGS),
-                  "RT-DETR-Seg stage 1: detector fine-tuning", "bbox", "train_detector_stage1.py")
+                  "RT-DETR-Seg stage 1: detector fine-tuning", "bbox", prog or "train_detector_stage1.py")
 
 
 def stage2_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -153,7 +153,7 @@ def stage2_main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     return _train(args, new_run, ("size", "stage1_run", "checkpoint", *MASK_FLAGS, *MODEL_FLAGS,
                                   "pretrain_exclude_keys"), "RT-DETR-Seg stage 2: mask head on the frozen detector",
-                  "segm", "train_seg_stage2.py")
+                  "segm", prog or "train_seg_stage2.py")
 
 
 def single_stage_main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -170,7 +170,7 @@ def single_stage_main(argv: list[str] | None = None, prog: str | None = None) ->
 
     return _train(args, new_run, ("size", "pretrain_weights", "init_ckpt", "pretrain_exclude_keys", *MASK_FLAGS,
                                   *MODEL_FLAGS), "RT-DETR-Seg single stage: detector + mask head", "segm",
-                  "train_seg_single_stage.py")
+                  prog or "train_seg_single_stage.py")
 
 
 # ---- shared ---------------------------------------------------------------------------------------
@@ -212,8 +212,9 @@ def _start(stage: str, size: str | None, args: argparse.Namespace, **options: An
 
 
 def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], title: str, metric: str,
-           script: str) -> int:
-    """Run ``new_run()`` (-> trainer, what it started from) or resume; ``fixed_on_resume``: flags refused then."""
+           command: str) -> int:
+    """Run ``new_run()`` (-> trainer, what it started from) or resume; ``fixed_on_resume``: flags refused then.
+    ``command``: how the user started this run (a root script, or ``rfdetr train KIND``), for the resume hint."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def train():
@@ -244,13 +245,13 @@ def _train(args: argparse.Namespace, new_run, fixed_on_resume: tuple[str, ...], 
             with retained_heap(trainer.device.type == "cpu"):
                 return trainer.fit()
         except KeyboardInterrupt:
-            raise RunInterrupted(_resume_command(script, trainer.output_dir), "SIGINT", 130) from None
+            raise RunInterrupted(_resume_command(command, trainer.output_dir), "SIGINT", 130) from None
         except Terminated:
-            raise RunInterrupted(_resume_command(script, trainer.output_dir), "SIGTERM", 143) from None
+            raise RunInterrupted(_resume_command(command, trainer.output_dir), "SIGTERM", 143) from None
         except RuntimeError as error:
             if not _lost_a_peer(error):
                 raise
-            raise RunInterrupted(_resume_command(script, trainer.output_dir),
+            raise RunInterrupted(_resume_command(command, trainer.output_dir),
                                  f"another process of the run stopped: {str(error).splitlines()[0][:200]}", 1) from None
 
     with raise_on_sigterm():
@@ -266,12 +267,17 @@ def _lost_a_peer(error: RuntimeError) -> bool:
                                                              "Broken pipe", "NCCL communicator was aborted"))
 
 
-def _resume_command(script: str, run_dir: Path) -> str:
+def _resume_command(command: str, run_dir: Path) -> str:
+    """The command line that continues this run: ``command`` is a root script (``train_detector_stage1.py``)
+    or the ``rfdetr`` sub-command (``rfdetr train detector``), run as before by one process or by torchrun."""
     from rfdetr.training.distributed import world_size
 
     processes = world_size()
-    launcher = f"torchrun --nproc_per_node={processes}" if processes > 1 else "python"
-    return f"{launcher} {script} --resume {run_dir}"
+    script = command.endswith(".py")
+    if processes > 1:  # torchrun starts a script, or a module: the rfdetr command's is rfdetr.cli.main
+        command = command if script else "-m rfdetr.cli.main " + command.removeprefix("rfdetr ")
+        return f"torchrun --nproc_per_node={processes} {command} --resume {run_dir}"
+    return f"{'python ' if script else ''}{command} --resume {run_dir}"
 
 
 def _banner_rows(trainer, summary: dict) -> dict[str, Any]:
