@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 import validate_setup
-from rfdetr import validation
-from rfdetr.validation import Level, check_dataset, check_environment
+from rfdetr.validation import Level, check_dataset, check_environment, checks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT = 40, 30
@@ -48,7 +47,7 @@ def make_dataset(root: Path, splits=("train", "valid", "test")) -> Path:
              "segmentation": [_square(0, 0, 30)]},
         ]
         document = {"images": images, "annotations": annotations, "categories": CATEGORIES}
-        (folder / validation.ANNOTATION_FILE).write_text(json.dumps(document, indent=1))
+        (folder / checks.ANNOTATION_FILE).write_text(json.dumps(document, indent=1))
     return root
 
 
@@ -59,7 +58,7 @@ def dataset(tmp_path: Path) -> Path:
 
 def edit(root: Path, split: str, change) -> None:
     """Apply ``change(document)`` to a split's annotation file."""
-    path = root / split / validation.ANNOTATION_FILE
+    path = root / split / checks.ANNOTATION_FILE
     document = json.loads(path.read_text())
     change(document)
     path.write_text(json.dumps(document))
@@ -143,7 +142,7 @@ def test_missing_dataset_folder_fails(capsys, tmp_path):
 
 
 def test_broken_json_reports_line_and_column(capsys, dataset):
-    (dataset / "valid" / validation.ANNOTATION_FILE).write_text('{\n  "images": [],\n  "annotations": [,]\n}')
+    (dataset / "valid" / checks.ANNOTATION_FILE).write_text('{\n  "images": [],\n  "annotations": [,]\n}')
     code, output = run(capsys, dataset)
     assert code == 1
     only_line(output, "FAIL", "valid/_annotations.coco.json", "invalid JSON at line 3, column")
@@ -355,7 +354,7 @@ def _accelerators(monkeypatch, cuda_gpus: int, mps: bool) -> None:
 
 def _accelerator_lines() -> list[tuple[Level, str]]:
     """The environment results after the Python and module lines: torch version and accelerators."""
-    first = 1 + len(validation.REQUIRED_MODULES + validation.OPTIONAL_MODULES)
+    first = 1 + len(checks.REQUIRED_MODULES + checks.OPTIONAL_MODULES)
     return [(r.level, r.message) for r in check_environment()[first:]]
 
 
@@ -364,7 +363,7 @@ def test_environment_lists_python_and_every_module_once():
     assert not [r for r in results if r.level is Level.FAIL], results  # this project's venv has every dependency
     messages = [r.message for r in results]
     assert messages[0].startswith(f"Python {sys.version_info.major}.{sys.version_info.minor}.")
-    modules = validation.REQUIRED_MODULES + validation.OPTIONAL_MODULES
+    modules = checks.REQUIRED_MODULES + checks.OPTIONAL_MODULES
     # One line per module, in order: "<import name> <version>" or "cannot import <import name> (...)".
     named = [m.removeprefix("cannot import ").split()[0] for m in messages[1:1 + len(modules)]]
     assert named == list(modules)
@@ -387,7 +386,7 @@ def test_accelerator_lines(monkeypatch, cuda_gpus, mps, expected):
                                             ("2.10.0+cu128", False)])  # 2.10 is newer than 2.4, not older
 def test_old_torch_warns(monkeypatch, version, warns):
     _accelerators(monkeypatch, 1, False)
-    monkeypatch.setattr(validation, "MIN_TORCH", (2, 4))
+    monkeypatch.setattr(checks, "MIN_TORCH", (2, 4))
     monkeypatch.setattr(torch, "__version__", version)
     lines = _accelerator_lines()
     old = (Level.WARN, f"torch {version} is older than the required (2, 4)")
@@ -396,14 +395,14 @@ def test_old_torch_warns(monkeypatch, version, warns):
 
 
 def test_old_python_fails(monkeypatch):
-    monkeypatch.setattr(validation, "MIN_PYTHON", (sys.version_info.major, sys.version_info.minor + 1))
+    monkeypatch.setattr(checks, "MIN_PYTHON", (sys.version_info.major, sys.version_info.minor + 1))
     first = check_environment()[0]
     assert first.level is Level.FAIL and first.message.startswith("Python ")
 
 
 def test_missing_modules_fail_or_warn(monkeypatch):
-    monkeypatch.setattr(validation, "REQUIRED_MODULES", ("numpy", "no_such_required_module"))
-    monkeypatch.setattr(validation, "OPTIONAL_MODULES", ("no_such_optional_module",))
+    monkeypatch.setattr(checks, "REQUIRED_MODULES", ("numpy", "no_such_required_module"))
+    monkeypatch.setattr(checks, "OPTIONAL_MODULES", ("no_such_optional_module",))
     levels = {r.message.split(" (")[0]: r.level for r in check_environment()}
     assert levels["cannot import no_such_required_module"] is Level.FAIL
     assert levels["cannot import no_such_optional_module"] is Level.WARN

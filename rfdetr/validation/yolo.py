@@ -3,7 +3,7 @@
 The checks are the loader's (:mod:`rfdetr.datasets.yolo`): a malformed ``data.yaml`` FAILs naming
 the file (and line); each label problem is listed as ``file:line``, grouped by problem, FAIL or
 WARN as the loader's rule says (the loader raises for every FAIL). The split's converted COCO
-document then goes through :func:`rfdetr.validation_rules.check_document`, so a box outside its
+document then goes through :func:`rfdetr.validation.rules.check_document`, so a box outside its
 image, an image that does not decode or a split without masks in stage 2 are judged as for a COCO
 folder, with the label line named instead of an annotation id. No torch here.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rfdetr.datasets.yolo import read_split
 from rfdetr.datasets.yolo_layout import YoloFormatError, find_yaml, read_layout
-from rfdetr.validation_rules import CheckResult, Findings, Level, SplitSummary, check_document, document_passes
+from rfdetr.validation.rules import CheckResult, Findings, Level, SplitSummary, check_document, document_passes
 
 REQUIRED_SPLITS = ("train", "valid")
 OPTIONAL_SPLITS = ("test",)

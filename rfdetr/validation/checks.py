@@ -10,8 +10,8 @@ file and the first :data:`MAX_LISTED` offending image/annotation ids, with a cou
 COCO layout: ``<dataset_dir>/{train,valid,test}/_annotations.coco.json``, images beside each
 JSON; ``test`` is optional. Category ids go through :class:`rfdetr.classes.ClassTable` (a Roboflow
 export's id-0 "none" project entry is not a class). A YOLO folder (a ``data.yaml``, the loader's
-rule: :mod:`rfdetr.datasets.splits`) is checked by :mod:`rfdetr.validation_yolo`: its label lines
-first, then the COCO document they make by the same rules (:mod:`rfdetr.validation_rules`).
+rule: :mod:`rfdetr.datasets.splits`) is checked by :mod:`rfdetr.validation.yolo`: its label lines
+first, then the COCO document they make by the same rules (:mod:`rfdetr.validation.rules`).
 ``validate_setup.py`` is the front end.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rfdetr.datasets.coco_layout import ANNOTATION_FILE, find_split_dir
 from rfdetr.datasets.splits import dataset_format
-from rfdetr.validation_rules import (
+from rfdetr.validation.rules import (
     BOX_TOLERANCE,
     MAX_LISTED,
     CheckResult,
@@ -39,7 +39,7 @@ from rfdetr.validation_rules import (
     check_document,
     document_passes,
 )
-from rfdetr.validation_yolo import OPTIONAL_SPLITS, REQUIRED_SPLITS, check_yolo_dataset
+from rfdetr.validation.yolo import OPTIONAL_SPLITS, REQUIRED_SPLITS, check_yolo_dataset
 
 __all__ = ["ANNOTATION_FILE", "BOX_TOLERANCE", "MAX_LISTED", "CheckResult", "Level", "Report", "SplitSummary",
            "check_dataset", "check_environment", "validate"]
