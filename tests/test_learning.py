@@ -24,10 +24,11 @@ from rfdetr.training.trainer import Trainer
 pytestmark = pytest.mark.slow  # trains stage 1 for EPOCHS epochs, then stage 2
 
 EPOCHS = 40
-# checkpoint_interval = EPOCHS: no periodic copies (each is a 320 MB write with the optimizer state).
+# checkpoint_interval = EPOCHS: no periodic copies (each is a 320 MB write with the optimizer state);
+# plots=False: no results.png each epoch (matplotlib takes about a second a plot here, a fifth of an epoch).
 QUICK = dict(batch_size=4, grad_accum_steps=1, resolution=128, multi_scale=False, num_workers=0, use_ema=False,
              run_test=False, tensorboard=False, progress="none", device="cpu", early_stopping=False,
-             checkpoint_interval=EPOCHS, lr_scheduler="cosine")
+             checkpoint_interval=EPOCHS, lr_scheduler="cosine", plots=False)
 
 
 @pytest.fixture(scope="module")
