@@ -11,9 +11,8 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from rfdetr import evaluation
 from rfdetr.classes import ClassEntry, ClassTable
-from rfdetr.evaluation import CocoEvaluator, detections_for_image, encode_masks, results_json
+from rfdetr.evaluation import CocoEvaluator, coco, detections_for_image, encode_masks, results_json
 
 # Roboflow-style: id 0 is the project ("none" supercategory); real ids have gaps; "fish" has no GT.
 CATEGORIES = [
@@ -218,9 +217,9 @@ def test_repeated_and_gathered_images_count_once(coco_gt, classes, monkeypatch):
     def all_gather_object(parts, obj):
         parts[:] = [rank0._detections, rank1._detections]
 
-    monkeypatch.setattr(evaluation.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(evaluation.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(evaluation.dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(coco.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(coco.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(coco.dist, "all_gather_object", all_gather_object)
     summary = rank0.summarize()["bbox"]
     assert summary["ap"] == pytest.approx(1.0)
     assert len(rank0.coco_evals["bbox"].cocoDt.dataset["annotations"]) == len(OBJECTS)

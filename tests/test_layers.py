@@ -18,7 +18,7 @@ FLOORS = {
     "rfdetr": 0, "rfdetr.config": 0, "rfdetr.classes": 0, "rfdetr.util": 0,
     "rfdetr.models": 1, "rfdetr.datasets": 1, "rfdetr.tracking": 1,
     "rfdetr.checkpoints": 2, "rfdetr.accel": 2,
-    "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.metrics": 3, "rfdetr.validation": 3,
+    "rfdetr.training": 3, "rfdetr.evaluation": 3, "rfdetr.validation": 3,
     "rfdetr.api": 4, "rfdetr.detr": 4, "rfdetr.export": 4, "rfdetr.inference": 4, "rfdetr.video": 4,
     "rfdetr.cli": 5, "rfdetr.demo": 5,
 }

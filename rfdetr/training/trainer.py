@@ -358,7 +358,7 @@ class Trainer:
     def _finish(self) -> dict | None:
         """checkpoint_best_total.pth, the test split on it, and results.json of the best epoch; returns
         the best weights (``None`` when no epoch finished)."""
-        from rfdetr.metrics import results_json
+        from rfdetr.evaluation import results_json
 
         dist.barrier()
         kind = "ema" if self.best["ema"] > self.best["regular"] else "regular"

@@ -3,7 +3,7 @@
 Feed :class:`CocoEvaluator` the :class:`~rfdetr.models.postprocess.PostProcess` output of each
 image (labels are class-head rows; the :class:`~rfdetr.classes.ClassTable` turns them into the
 dataset's category ids), then call :meth:`CocoEvaluator.summarize`. The metrics it returns are
-described in :mod:`rfdetr.metrics`; :func:`results_json` builds ``results.json`` from them.
+described in :mod:`rfdetr.evaluation.metrics`; :func:`results_json` builds ``results.json`` from them.
 
 ``segm`` is scored against :func:`segm_ground_truth`: instances without a usable mask (box-only,
 :mod:`rfdetr.datasets.coco_masks`) count for ``bbox`` but are ignored by ``segm``.
@@ -26,7 +26,7 @@ from pycocotools.cocoeval import COCOeval
 
 from rfdetr.classes import ClassTable
 from rfdetr.datasets.coco_masks import box_rle, mask_rle
-from rfdetr.metrics import STAT_NAMES, results_json, summarize_coco_eval
+from rfdetr.evaluation.metrics import STAT_NAMES, results_json, summarize_coco_eval
 
 __all__ = ["CocoEvaluator", "detections_for_image", "results_json", "STAT_NAMES"]
 
@@ -78,7 +78,7 @@ class CocoEvaluator:
             }
 
     def summarize(self) -> dict[str, dict[str, Any]]:
-        """Run COCOeval per IoU type; returns ``{iou_type: summary}`` (see :mod:`rfdetr.metrics`).
+        """Run COCOeval per IoU type; returns ``{iou_type: summary}`` (see :mod:`rfdetr.evaluation.metrics`).
 
         In a distributed run every rank must call it: detections are gathered from all ranks and
         every rank computes (and returns) the same metrics.
