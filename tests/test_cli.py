@@ -93,6 +93,7 @@ def test_train_detector_is_the_stage1_script(small_set, tmp_path):
 
 
 
+@pytest.mark.slow  # builds three trainers
 @pytest.mark.parametrize(("front_end", "processes", "hint"), [
     ("rfdetr", 1, "rfdetr train detector --resume {run}"),
     ("rfdetr", 2, "torchrun --nproc_per_node=2 -m rfdetr.cli.main train detector --resume {run}"),
@@ -116,6 +117,7 @@ def test_ctrl_c_names_the_command_that_continues_the_run(front_end, processes, h
     assert code == 130
     assert f"continue with: {hint.format(run=run)}\n" in capsys.readouterr().err
 
+@pytest.mark.slow  # predicts, then exports fp32 and int8 ONNX models
 def test_mask_checkpoint_predicts_rle_masks_and_exports_with_int8(small_set, tmp_path):
     classes = dataset_classes(small_set)
     torch.manual_seed(0)

@@ -60,6 +60,7 @@ def probe(mode: str, setting: str = "retain", **environment: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.slow  # three child processes page through large buffers
 def test_freed_buffers_are_reused_without_page_faults():
     assert heap.glibc() is not None  # Linux with glibc, as CI
     assert int(probe("default")[0]) > PAGES // 2  # glibc's default: unmapped on free, faulted in again
