@@ -50,10 +50,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import psutil
 import torch
+from timing import timed_ms  # the same directory
 from torch.utils.flop_counter import FlopCounterMode
 
 from rfdetr.accel import accelerate
@@ -79,18 +79,6 @@ def make_input(resolution: int, kind: str) -> torch.Tensor:
 
         return preprocess(astronaut(), resolution)[None]
     return torch.randn(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
-
-
-def timed_ms(fn, warmup: int, runs: int) -> list[float]:
-    """Wall-clock milliseconds of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):  # first calls pay for allocator growth and kernel selection
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def matmul_probe_gflops(warmup: int, runs: int) -> dict[str, float]:

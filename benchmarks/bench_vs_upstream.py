@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_inference import matmul_probe_gflops  # noqa: E402  (the same directory)
+from timing import timed_ms  # noqa: E402
 
 from rfdetr.util.precision import cpu_flags  # noqa: E402
 
@@ -81,13 +81,7 @@ def time_ours(folder: Path, settings: dict) -> dict:
     model = accelerate(model.eval().requires_grad_(False), "cpu", torch.float32)
     with torch.inference_mode():
         out = model(x)
-        for _ in range(settings["warmup"]):
-            model(x)
-        times = []
-        for _ in range(settings["runs"]):
-            start = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - start) * 1e3)
+        times = timed_ms(lambda: model(x), settings["warmup"], settings["runs"])
     torch.save({"logits": out["pred_logits"], "boxes": out["pred_boxes"]}, folder / "ours_out.pt")
     probes = matmul_probe_gflops(settings["warmup"], settings["runs"])
     return {"times_ms": times, "probe_gflops": max(probes.values()), "threads": torch.get_num_threads(),

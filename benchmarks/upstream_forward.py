@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
+from timing import timed_ms  # the same directory
 
 WRAPPERS = {"nano": "RFDETRNano", "small": "RFDETRSmall", "medium": "RFDETRMedium", "base": "RFDETRBase",
             "large": "RFDETRLarge"}
@@ -58,13 +58,7 @@ def main(folder: str, settings_json: str) -> None:
     attention = getattr(network.backbone[0].encoder.encoder.config, "_attn_implementation", "unknown")
     with torch.inference_mode():
         out = forward(x)
-        for _ in range(settings["warmup"]):
-            forward(x)
-        times = []
-        for _ in range(settings["runs"]):
-            start = time.perf_counter()
-            forward(x)
-            times.append((time.perf_counter() - start) * 1e3)
+        times = timed_ms(lambda: forward(x), settings["warmup"], settings["runs"])
     logits, boxes = (out["pred_logits"], out["pred_boxes"]) if isinstance(out, dict) else (out[1], out[0])
     torch.save({"logits": logits, "boxes": boxes}, folder / f"upstream_{settings['mode']}_out.pt")
     print("BENCH_RESULT " + json.dumps({"times_ms": times, "attention": attention,
