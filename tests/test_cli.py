@@ -92,7 +92,6 @@ def test_train_detector_is_the_stage1_script(small_set, tmp_path):
     assert logs[0]["valid_bbox_AP"] == pytest.approx(logs[1]["valid_bbox_AP"], abs=1e-6)
 
 
-
 @pytest.mark.slow  # builds three trainers
 @pytest.mark.parametrize(("front_end", "processes", "hint"), [
     ("rfdetr", 1, "rfdetr train detector --resume {run}"),
@@ -116,6 +115,7 @@ def test_ctrl_c_names_the_command_that_continues_the_run(front_end, processes, h
     code = main(["train", "detector", *flags]) if front_end == "rfdetr" else train_detector_stage1.main(flags)
     assert code == 130
     assert f"continue with: {hint.format(run=run)}\n" in capsys.readouterr().err
+
 
 @pytest.mark.slow  # predicts, then exports fp32 and int8 ONNX models
 def test_mask_checkpoint_predicts_rle_masks_and_exports_with_int8(small_set, tmp_path):
