@@ -90,6 +90,7 @@ def test_training_embeddings_give_the_loss_of_the_dense_masks():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.segmentation_head.parameters())
 
 
+@pytest.mark.slow  # 12 optimizer steps: a training run, outside make check
 def test_the_built_in_head_learns_masks():
     model = _tiny_seg_model(seed=1).train()
     images, targets = _batch()
